@@ -1,0 +1,194 @@
+"""A structural check of a DICOM Part 10 file, without decoding values.
+
+pydicom reads a truncated file without complaint (it stops where the bytes
+stop), so every element's length is checked against the file here, walking
+nested sequences and encapsulated pixel data (PS3.5 section 7.1, 7.5 and
+A.4). The walk also yields the byte spans of the top-level elements, from
+which the archive keeps a compact copy of the header (all but bulk data).
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+PIXEL_DATA = 0x7FE00010
+
+
+class MalformedDataset(ValueError):
+    """The bytes are not a well-formed DICOM dataset."""
+
+
+@dataclass
+class Layout:
+    """Where things are in a Part 10 file."""
+
+    transfer_syntax_uid: str
+    dataset_offset: int
+    size: int
+    # (tag, start, end) of each top-level element of the dataset, in order
+    spans: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+class _Walker:
+    def __init__(self, buf: mmap.mmap | bytes, explicit: bool, little: bool) -> None:
+        self.buf = buf
+        self.explicit = explicit
+        self.end_char = "<" if little else ">"
+
+    def _unpack(self, fmt: str, pos: int) -> tuple[int, ...]:
+        try:
+            return struct.unpack_from(self.end_char + fmt, self.buf, pos)
+        except struct.error:
+            raise MalformedDataset(f"dataset truncated at byte {pos}") from None
+
+    def element(self, pos: int, end: int, explicit: bool) -> tuple[int, int]:
+        """Parse one element header at ``pos``; return (tag, position after element)."""
+        group, elem = self._unpack("HH", pos)
+        tag = (group << 16) | elem
+        if tag in (_ITEM, _ITEM_END, _SEQ_END):
+            raise MalformedDataset(f"unexpected delimiter at byte {pos}")
+        vr = b""
+        if explicit:
+            if pos + 6 > end:
+                raise MalformedDataset(f"dataset truncated at byte {pos}")
+            vr = bytes(self.buf[pos + 4 : pos + 6])
+            if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
+                raise MalformedDataset(f"invalid VR {vr!r} for tag {tag:08X} at byte {pos}")
+            if vr in _LONG_VRS:
+                (length,) = self._unpack("L", pos + 8)
+                pos += 12
+            else:
+                (length,) = self._unpack("H", pos + 6)
+                pos += 8
+        else:
+            (length,) = self._unpack("L", pos + 4)
+            pos += 8
+        if length == _UNDEFINED:
+            if explicit and vr not in (b"SQ", b"UN", b"OB", b"OW"):
+                raise MalformedDataset(f"undefined length for VR {vr!r} at byte {pos}")
+            # PS3.5 6.2.2: an undefined-length UN holds implicit VR items
+            return tag, self.sequence(pos, end, explicit and vr != b"UN")
+        if pos + length > end:
+            raise MalformedDataset(
+                f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs past the end of the data"
+            )
+        return tag, pos + length
+
+    def sequence(self, pos: int, end: int, explicit: bool) -> int:
+        """Walk items up to the sequence delimiter; return the position after it."""
+        while True:
+            group, elem, length = self._unpack("HHL", pos)
+            tag = (group << 16) | elem
+            pos += 8
+            if tag == _SEQ_END:
+                return pos
+            if tag != _ITEM:
+                raise MalformedDataset(f"expected an item at byte {pos - 8}")
+            if length == _UNDEFINED:
+                pos = self.dataset(pos, end, explicit, until_item_end=True)
+            elif pos + length > end:
+                raise MalformedDataset(f"item runs past the end of the data at byte {pos}")
+            else:
+                pos += length
+
+    def dataset(self, pos: int, end: int, explicit: bool, until_item_end: bool = False) -> int:
+        while pos < end:
+            if until_item_end:
+                group, elem = self._unpack("HH", pos)
+                if (group << 16) | elem == _ITEM_END:
+                    return pos + 8
+            _tag, pos = self.element(pos, end, explicit)
+        if until_item_end:
+            raise MalformedDataset("item not terminated before the end of the data")
+        return pos
+
+    def top_level(self, pos: int, end: int) -> list[tuple[int, int, int]]:
+        # Some writers label implicit VR data as explicit; read it as it is
+        # encoded, as pydicom and DCMTK do.
+        if self.explicit and pos + 6 <= end:
+            vr = bytes(self.buf[pos + 4 : pos + 6])
+            self.explicit = 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90
+        spans = []
+        while pos < end:
+            start = pos
+            tag, pos = self.element(pos, end, self.explicit)
+            spans.append((tag, start, pos))
+        return spans
+
+
+def _meta(buf: mmap.mmap | bytes) -> tuple[str, int]:
+    """Transfer syntax and the offset of the dataset after the File Meta group."""
+    if len(buf) < 132 or buf[128:132] != b"DICM":
+        raise MalformedDataset("not a DICOM Part 10 file (no DICM prefix)")
+    walker = _Walker(buf, explicit=True, little=True)
+    pos, ts = 132, None
+    while pos + 4 <= len(buf):
+        (group,) = struct.unpack_from("<H", buf, pos)
+        if group != 0x0002:
+            break
+        start = pos
+        tag, pos = walker.element(pos, len(buf), True)
+        if tag == 0x00020010:
+            header = 12 if bytes(buf[start + 4 : start + 6]) in _LONG_VRS else 8
+            ts = bytes(buf[start + header : pos]).rstrip(b"\x00 ").decode("ascii", "replace")
+    if not ts:
+        raise MalformedDataset("File Meta Information has no Transfer Syntax UID")
+    return ts, pos
+
+
+def inspect_file(path: Path) -> Layout:
+    """Check the structure of the Part 10 file at ``path`` and map its elements."""
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        if size == 0:
+            raise MalformedDataset("empty file")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            ts, offset = _meta(buf)
+            layout = Layout(ts, offset, size)
+            if ts == DeflatedExplicitVRLittleEndian:
+                _check_deflate(buf, offset)
+                return layout
+            walker = _Walker(
+                buf, explicit=ts != ImplicitVRLittleEndian, little=ts != ExplicitVRBigEndian
+            )
+            layout.spans = walker.top_level(offset, size)
+            return layout
+
+
+def _check_deflate(buf: mmap.mmap, offset: int) -> None:
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        for start in range(offset, len(buf), 1 << 20):
+            pending = buf[start : start + (1 << 20)]
+            while pending and not inflater.eof:
+                inflater.decompress(pending, 1 << 20)  # bounded output per call
+                pending = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+    except zlib.error as exc:
+        raise MalformedDataset(f"deflated dataset is corrupt: {exc}") from None
+    if not inflater.eof:
+        raise MalformedDataset("deflated dataset is truncated")
+
+
+def header_bytes(path: Path, layout: Layout, bulk_threshold: int = 65536) -> bytes | None:
+    """The file with its bulk data elements left out: a compact, parseable header."""
+    if not layout.spans:
+        return None
+    with open(path, "rb") as f:
+        parts = [f.read(layout.dataset_offset)]
+        for tag, start, end in layout.spans:
+            if tag == PIXEL_DATA or end - start > bulk_threshold:
+                continue
+            f.seek(start)
+            parts.append(f.read(end - start))
+    return b"".join(parts)

@@ -1,0 +1,106 @@
+"""The DIMSE front door: one pynetdicom AE serving every DICOM service.
+
+Handlers translate DIMSE messages into core calls and core results into DIMSE
+statuses; they hold no business rules (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import tempfile
+from collections.abc import Callable
+from functools import partial
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from ..core.archive import Archive
+from .contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
+from .store import InFlight, handle_store
+
+log = logging.getLogger(__name__)
+
+# Datasets are streamed to a staging file, never held in memory (a 2 GB
+# multi-frame costs what a small CT does); the core moves that file into place.
+_config.STORE_RECV_CHUNKED_DATASET = True
+# C-GET/C-MOVE send stored files as they are, without decoding them.
+_config.STORE_SEND_CHUNKED_DATASET = True
+# Identifiers may carry values pynetdicom's validators dislike; the core judges.
+_config.LOG_HANDLER_LEVEL = "none"
+
+
+def _no_delay(event: evt.Event) -> None:
+    """pynetdicom leaves Nagle on; small C-STOREs then crawl (about 20/s)."""
+    try:
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):
+        pass
+
+
+HandlerFactory = Callable[[Archive, AE], list[tuple[evt.EventType, Callable]]]
+
+# Other modules (query, retrieve, commitment) register the handlers they bring.
+SERVICE_HANDLERS: list[HandlerFactory] = []
+
+
+def build_ae(archive: Archive) -> AE:
+    """An AE with every storage SOP class, verification, and registered services."""
+    settings = archive.settings
+    ae = AE(ae_title=settings.aet)
+    ae.maximum_pdu_size = 0  # no limit on what we receive
+    ae.maximum_associations = settings.max_associations
+    ae.require_called_aet = True  # a wrong Called AE Title is rejected (PS3.8 7.1.1.7)
+    ae.network_timeout = 60
+    ae.dimse_timeout = 120
+    ae.acse_timeout = 30
+    ae.add_supported_context(VERIFICATION, TRANSFER_SYNTAXES)
+    for sop_class in STORAGE_SOP_CLASSES:
+        # scu_role/scp_role: accept the role reversal a C-GET requestor proposes.
+        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    return ae
+
+
+class DicomServer:
+    """Runs the AE in background threads; stops gracefully."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self.inflight = InFlight()
+        self.ae = build_ae(archive)
+        self._server: ThreadedAssociationServer | None = None
+
+    def handlers(self) -> list[tuple[evt.EventType, Callable]]:
+        archive = self.archive
+        handlers: list[tuple[evt.EventType, Callable]] = [
+            (evt.EVT_CONN_OPEN, _no_delay),
+            (evt.EVT_C_ECHO, lambda event: 0x0000),
+            (evt.EVT_C_STORE, partial(handle_store, archive=archive, inflight=self.inflight)),
+            (evt.EVT_ACCEPTED, lambda event: archive.metrics.associations.labels("accepted").inc()),
+            (evt.EVT_REJECTED, lambda event: archive.metrics.associations.labels("rejected").inc()),
+            (evt.EVT_ABORTED, lambda event: archive.metrics.associations.labels("aborted").inc()),
+        ]
+        for factory in SERVICE_HANDLERS:
+            handlers.extend(factory(archive, self.ae))
+        return handlers
+
+    def start(self) -> None:
+        tempfile.tempdir = str(self.archive.staging)  # chunked receive lands beside the blobs
+        settings = self.archive.settings
+        self._server = self.ae.start_server(
+            (settings.host, settings.dicom_port), block=False, evt_handlers=self.handlers()
+        )
+        log.info("DICOM server %s listening on %s:%d", settings.aet, settings.host, settings.dicom_port)
+
+    def stop_accepting(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+
+    def stop(self, grace_seconds: float = 30.0) -> None:
+        """Stop accepting, let stores in flight finish, then end the associations."""
+        self.stop_accepting()
+        if not self.inflight.wait_idle(grace_seconds):
+            log.warning("stores still in flight after %.0fs; aborting", grace_seconds)
+        for assoc in list(self.ae.active_associations):
+            assoc.abort()

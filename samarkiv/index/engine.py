@@ -1,0 +1,73 @@
+"""Opening the index: SQLite (WAL) embedded, or PostgreSQL by URL, migrated by Alembic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def normalise_url(url: str) -> str:
+    """Let users write ``postgresql://``; we drive PostgreSQL with psycopg 3."""
+    parsed = make_url(url)
+    if parsed.drivername in {"postgresql", "postgres"}:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged store survives power loss
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _sqlite_autocommit_driver(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself
+
+
+def _begin_immediate(conn) -> None:  # type: ignore[no-untyped-def]
+    # A deferred transaction that reads, then writes, fails with SQLITE_BUSY
+    # when another writer committed in between; IMMEDIATE takes the lock first.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_index_engine(url: str, *, writer: bool = False) -> Engine:
+    """An engine for ``url`` with the settings the archive relies on.
+
+    On SQLite, ``writer=True`` gives an engine whose transactions take the
+    write lock up front; use it for read-modify-write transactions.
+    """
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        database = make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        if writer:
+            event.listen(engine, "connect", _sqlite_autocommit_driver)
+            event.listen(engine, "begin", _begin_immediate)
+        return engine
+    return create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=True)
+
+
+def alembic_config(engine: Engine) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["engine"] = engine
+    return config
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    command.upgrade(alembic_config(engine), "head")

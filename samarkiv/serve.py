@@ -1,0 +1,89 @@
+"""``samarkiv serve``: the DIMSE and HTTP servers in one process, stopped gracefully."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+from typing import IO
+
+import uvicorn
+
+from .config import Settings
+from .core.archive import Archive
+from .dimse.server import DicomServer
+from .web.app import Readiness, create_app
+
+log = logging.getLogger(__name__)
+
+
+class DataFolderBusy(RuntimeError):
+    pass
+
+
+def lock_data_folder(data: Path) -> IO[str]:
+    """One embedded archive per data folder: a second ``serve`` would corrupt nothing
+    but would sweep the first one's staging files, so refuse it."""
+    data.mkdir(parents=True, exist_ok=True)
+    handle = open(data / "samarkiv.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise DataFolderBusy(f"another samarkiv process is using {data}") from None
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+class _Server(uvicorn.Server):
+    """Uvicorn that also closes the DICOM door the moment a signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, on_exit) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig, frame) -> None:  # type: ignore[no-untyped-def]
+        self._on_exit()
+        super().handle_exit(sig, frame)
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT."""
+    lock = lock_data_folder(Path(settings.data))
+    archive = Archive(settings)
+    cleared = archive.clear_staging()
+    orphans = archive.sweep_orphans(grace_seconds=0 if archive.engine.dialect.name == "sqlite" else None)
+    if cleared or orphans:
+        log.warning(
+            "startup sweep: removed %d unfinished staging file(s) and %d orphan blob(s)",
+            cleared,
+            len(orphans),
+        )
+    readiness = Readiness()
+    dicom = DicomServer(archive)
+
+    def closing() -> None:
+        readiness.ready = False
+        dicom.stop_accepting()
+
+    config = uvicorn.Config(
+        create_app(archive, readiness),
+        host=settings.host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        lifespan="off",
+    )
+    http = _Server(config, closing)
+    dicom.start()
+    readiness.ready = True
+    try:
+        http.run()
+    finally:
+        readiness.ready = False
+        dicom.stop()
+        archive.close()
+        lock.close()
+        log.info("samarkiv stopped")
