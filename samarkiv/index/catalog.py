@@ -324,5 +324,5 @@ class Catalog:
                     ("conflicts", conflicts),
                 )
             }
-            result["bytes"] = conn.execute(select(func.coalesce(func.sum(instances.c.size), 0))).scalar_one()
+            result["bytes"] = int(conn.execute(select(func.coalesce(func.sum(instances.c.size), 0))).scalar_one())
         return result

@@ -1,0 +1,297 @@
+"""Shared test fixtures: real servers, real DCMTK peers, real sample data.
+
+Tests that need a tool or service skip where it is absent, except under
+CI=true, where .ci/run must have provided it and its absence is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+PG_ADMIN_URL = os.environ.get("SAMARKIV_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip (or, in CI, fail) when a needed tool or service is missing."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI must provide this: {reason}")
+    pytest.skip(reason)
+
+
+def require_tool(*names: str) -> None:
+    for name in names:
+        require(shutil.which(name) is not None, f"{name} not installed (apt-get install dcmtk)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dcmtk_env() -> dict[str, str]:
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+# --- databases ---------------------------------------------------------------------
+
+
+def _postgres_available() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database of this test's own, dropped afterwards."""
+    require(_postgres_available(), f"PostgreSQL not reachable at {PG_ADMIN_URL}")
+    import psycopg
+
+    name = f"samarkiv_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every test using this runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    return request.getfixturevalue("postgres_url")
+
+
+# --- sample data -------------------------------------------------------------------
+
+
+def _sample_dirs() -> list[Path]:
+    dirs = []
+    try:
+        import data_store  # pydicom-data
+
+        dirs.append(Path(data_store.__file__).parent / "data")
+    except ImportError:
+        pass
+    import pydicom
+
+    dirs.append(Path(pydicom.__file__).parent / "data" / "test_files")
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def sample_files() -> list[Path]:
+    """Real sample DICOM files that are valid to store, one per SOP Instance UID."""
+    from samarkiv.core.ingest import RejectedDataset, parse_instance
+
+    chosen: dict[str, Path] = {}
+    for folder in _sample_dirs():
+        for path in sorted(folder.glob("*.dcm")):
+            try:
+                parsed = parse_instance(path)
+            except RejectedDataset:
+                continue
+            chosen.setdefault(parsed.sop_instance_uid, path)
+    require(len(chosen) >= 20, "pydicom-data sample files not installed")
+    return list(chosen.values())
+
+
+@pytest.fixture(scope="session")
+def sendable_files(sample_files: list[Path]) -> list[Path]:
+    """Sample files that DCMTK's storescu can send as they are."""
+    return storescu_sendable(sample_files)
+
+
+# --- a running archive ---------------------------------------------------------------
+
+
+@dataclass
+class ArchiveProcess:
+    """A ``samarkiv serve`` subprocess on free loopback ports."""
+
+    data: Path
+    index_url: str
+    aet: str = "SAMARKIV"
+    extra_config: str = ""
+    dicom_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def log(self) -> Path:
+        return self.data.parent / f"{self.data.name}-serve.log"
+
+    def start(self, timeout: float = 30) -> None:
+        config = self.data.parent / f"{self.data.name}.toml"
+        config.write_text(self.extra_config)
+        env = {**os.environ, "TCP_NODELAY": "1", "SAMARKIV_LOG_LEVEL": "INFO"}
+        cmd = [
+            sys.executable, "-m", "samarkiv", "serve",
+            "--config", str(config),
+            "--data", str(self.data),
+            "--index-url", self.index_url,
+            "--dicom-port", str(self.dicom_port),
+            "--http-port", str(self.http_port),
+            "--aet", self.aet,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(cmd, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited with {self.process.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.http}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"serve did not become healthy:\n{self.log.read_text()}")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a ``samarkiv`` subcommand against this archive's data and index."""
+        return run_cli(*args, "--data", str(self.data), "--index-url", self.index_url, check=check)
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "samarkiv", *args], capture_output=True, text=True, timeout=600
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"samarkiv {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def make_archive(tmp_path: Path, index_url: str) -> Iterator:
+    """Factory for running archives on this test's index (SQLite or PostgreSQL)."""
+    started: list[ArchiveProcess] = []
+
+    def make(extra_config: str = "", start: bool = True, name: str = "archive") -> ArchiveProcess:
+        server = ArchiveProcess(tmp_path / name, index_url, extra_config=extra_config)
+        if start:
+            server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture
+def archive(make_archive) -> ArchiveProcess:  # type: ignore[no-untyped-def]
+    """A running archive on the embedded defaults (and once on PostgreSQL)."""
+    return make_archive()
+
+
+# storescu proposes uncompressed syntaxes unless told which compressed one to offer.
+STORESCU_PROPOSAL = {
+    "1.2.840.10008.1.2": "-xi",
+    "1.2.840.10008.1.2.1": "-xe",
+    "1.2.840.10008.1.2.2": "-xb",
+    "1.2.840.10008.1.2.1.99": "-xd",
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.81": "-xu",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+    "1.2.840.10008.1.2.5": "-xr",
+    "1.2.840.10008.1.2.4.100": "-xm",
+    "1.2.840.10008.1.2.4.101": "-xh",
+    "1.2.840.10008.1.2.4.102": "-xn",
+    "1.2.840.10008.1.2.4.103": "-xl",
+    "1.2.840.10008.1.2.4.107": "-x4",
+    "1.2.840.10008.1.2.4.108": "-x5",
+}
+
+
+def transfer_syntax_of(path: Path) -> str:
+    from samarkiv.core.structure import inspect_file
+
+    return inspect_file(path).transfer_syntax_uid
+
+
+def storescu_sendable(files: list[Path]) -> list[Path]:
+    """The files storescu can send without converting them."""
+    return [f for f in files if transfer_syntax_of(f) in STORESCU_PROPOSAL]
+
+
+def storescu(server: ArchiveProcess, *files: Path, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """Send ``files`` with DCMTK's storescu, each in its own transfer syntax.
+
+    One storescu run per transfer syntax; returns the last failing run, or
+    the last run when all succeeded.
+    """
+    require_tool("storescu")
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        ts = transfer_syntax_of(f)
+        if ts not in STORESCU_PROPOSAL:
+            raise ValueError(f"storescu cannot propose {ts} for {f}")
+        groups.setdefault(ts, []).append(f)
+    result: subprocess.CompletedProcess[str] | None = None
+    failed: subprocess.CompletedProcess[str] | None = None
+    for ts, group in groups.items():
+        result = subprocess.run(
+            ["storescu", "-R", "--no-halt", STORESCU_PROPOSAL[ts], "-aec", server.aet, *extra,
+             "127.0.0.1", str(server.dicom_port), *map(str, group)],
+            capture_output=True, text=True, env=dcmtk_env(), timeout=300,
+        )  # fmt: skip
+        if result.returncode != 0 or "E:" in result.stderr:
+            failed = result
+    assert result is not None, "no files to send"
+    return failed or result
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The bytes after the File Meta Information group (what travels on the wire)."""
+    from samarkiv.core.structure import inspect_file
+
+    layout = inspect_file(path)
+    with open(path, "rb") as f:
+        f.seek(layout.dataset_offset)
+        return f.read()
