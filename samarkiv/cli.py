@@ -243,6 +243,11 @@ def nodes_remove(aet: str, config: ConfigOpt = None, data: DataOpt = None, index
     console.print(f"node {aet} removed")
 
 
+from .findcli import register as _register_find  # noqa: E402
+
+_register_find(app)
+
+
 def main() -> None:
     try:
         app()

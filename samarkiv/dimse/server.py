@@ -16,6 +16,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ..core.archive import Archive
+from . import commitment, find, retrieve
 from .contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
 from .store import InFlight, handle_store
 
@@ -38,10 +39,8 @@ def _no_delay(event: evt.Event) -> None:
         pass
 
 
-HandlerFactory = Callable[[Archive, AE], list[tuple[evt.EventType, Callable]]]
-
-# Other modules (query, retrieve, commitment) register the handlers they bring.
-SERVICE_HANDLERS: list[HandlerFactory] = []
+# Each service module adds its presentation contexts and returns its handlers.
+SERVICES = (find, retrieve, commitment)
 
 
 def build_ae(archive: Archive) -> AE:
@@ -80,8 +79,8 @@ class DicomServer:
             (evt.EVT_REJECTED, lambda event: archive.metrics.associations.labels("rejected").inc()),
             (evt.EVT_ABORTED, lambda event: archive.metrics.associations.labels("aborted").inc()),
         ]
-        for factory in SERVICE_HANDLERS:
-            handlers.extend(factory(archive, self.ae))
+        for service in SERVICES:
+            handlers.extend(service.handlers(archive, self.ae))
         return handlers
 
     def start(self) -> None:
