@@ -7,7 +7,6 @@ statuses; they hold no business rules (docs/architecture.md).
 from __future__ import annotations
 
 import logging
-import socket
 import tempfile
 from collections.abc import Callable
 from functools import partial
@@ -18,6 +17,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from ..core.archive import Archive
 from . import commitment, find, retrieve
 from .contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
+from .net import NO_DELAY_HANDLERS
 from .store import InFlight, handle_store
 
 log = logging.getLogger(__name__)
@@ -29,14 +29,6 @@ _config.STORE_RECV_CHUNKED_DATASET = True
 _config.STORE_SEND_CHUNKED_DATASET = True
 # Identifiers may carry values pynetdicom's validators dislike; the core judges.
 _config.LOG_HANDLER_LEVEL = "none"
-
-
-def _no_delay(event: evt.Event) -> None:
-    """pynetdicom leaves Nagle on; small C-STOREs then crawl (about 20/s)."""
-    try:
-        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (AttributeError, OSError):
-        pass
 
 
 # Each service module adds its presentation contexts and returns its handlers.
@@ -72,7 +64,7 @@ class DicomServer:
     def handlers(self) -> list[tuple[evt.EventType, Callable]]:
         archive = self.archive
         handlers: list[tuple[evt.EventType, Callable]] = [
-            (evt.EVT_CONN_OPEN, _no_delay),
+            *NO_DELAY_HANDLERS,
             (evt.EVT_C_ECHO, lambda event: 0x0000),
             (evt.EVT_C_STORE, partial(handle_store, archive=archive, inflight=self.inflight)),
             (evt.EVT_ACCEPTED, lambda event: archive.metrics.associations.labels("accepted").inc()),
