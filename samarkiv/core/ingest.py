@@ -15,8 +15,39 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
 
-from .structure import Layout, MalformedDataset, header_bytes, inspect_file
+from .structure import BULK_THRESHOLD, PIXEL_DATA, Layout, MalformedDataset, header_bytes, inspect_file
+
+# Top-level elements the index reads; parsing only these is several times
+# faster than parsing the whole header.
+_INDEXED_TAGS = frozenset(
+    int(Tag(keyword))
+    for keyword in (
+        "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyDate", "SeriesDate",
+        "ContentDate", "StudyTime", "SeriesTime", "ContentTime", "AccessionNumber", "Modality",
+        "InstitutionName", "ReferringPhysicianName", "StationName", "StudyDescription",
+        "SeriesDescription", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
+        "PatientSex", "BodyPartExamined", "StudyInstanceUID", "SeriesInstanceUID", "StudyID",
+        "SeriesNumber", "InstanceNumber", "NumberOfFrames", "Rows", "Columns",
+        "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
+        "RequestAttributesSequence",
+    )
+)
+
+
+def _indexed_subset(header: bytes, layout: Layout) -> bytes:
+    """The File Meta group plus only the top-level elements the index reads."""
+    parts = [header[: layout.dataset_offset]]
+    offset = layout.dataset_offset  # header keeps the spans' order, minus bulk data
+    for tag, start, end in layout.spans:
+        size = end - start
+        if tag == PIXEL_DATA or size > BULK_THRESHOLD:
+            continue
+        if tag in _INDEXED_TAGS:
+            parts.append(header[offset : offset + size])
+        offset += size
+    return b"".join(parts)
 
 # PS3.5 9.1: components of digits without leading zeros, at most 64 characters.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -99,8 +130,8 @@ def parse_instance(
     try:
         layout = inspect_file(path)
         header = header_bytes(path, layout)
-        source = BytesIO(header) if header is not None else str(path)
-        ds = dcmread(source, stop_before_pixels=True, defer_size=65536)
+        source = BytesIO(_indexed_subset(header, layout)) if header is not None else str(path)
+        ds = dcmread(source, stop_before_pixels=True, defer_size=BULK_THRESHOLD)
         ds.file_meta  # noqa: B018  (forces meta decoding errors to surface here)
     except (MalformedDataset, InvalidDicomError) as exc:
         raise RejectedDataset(f"malformed dataset: {exc}") from None

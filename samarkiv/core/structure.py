@@ -21,6 +21,7 @@ _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 PIXEL_DATA = 0x7FE00010
+BULK_THRESHOLD = 65536  # larger elements stay out of the header copy
 
 
 class MalformedDataset(ValueError):
@@ -42,36 +43,39 @@ class _Walker:
     def __init__(self, buf: mmap.mmap | bytes, explicit: bool, little: bool) -> None:
         self.buf = buf
         self.explicit = explicit
-        self.end_char = "<" if little else ">"
+        order = "<" if little else ">"
+        self.tag_length = struct.Struct(order + "HHL")  # implicit VR, items, delimiters
+        self.tag_vr_short = struct.Struct(order + "HH2sH")  # explicit VR, 2-byte length
+        self.long_length = struct.Struct(order + "L")
 
-    def _unpack(self, fmt: str, pos: int) -> tuple[int, ...]:
-        try:
-            return struct.unpack_from(self.end_char + fmt, self.buf, pos)
-        except struct.error:
-            raise MalformedDataset(f"dataset truncated at byte {pos}") from None
+    def _item_header(self, pos: int) -> tuple[int, int, int]:
+        """(group, element, length) of an item or delimiter at ``pos``."""
+        if pos + 8 > len(self.buf):
+            raise MalformedDataset(f"dataset truncated at byte {pos}")
+        return self.tag_length.unpack_from(self.buf, pos)
 
     def element(self, pos: int, end: int, explicit: bool) -> tuple[int, int]:
         """Parse one element header at ``pos``; return (tag, position after element)."""
-        group, elem = self._unpack("HH", pos)
-        tag = (group << 16) | elem
-        if tag in (_ITEM, _ITEM_END, _SEQ_END):
-            raise MalformedDataset(f"unexpected delimiter at byte {pos}")
-        vr = b""
+        if pos + 8 > end:
+            raise MalformedDataset(f"dataset truncated at byte {pos}")
         if explicit:
-            if pos + 6 > end:
-                raise MalformedDataset(f"dataset truncated at byte {pos}")
-            vr = bytes(self.buf[pos + 4 : pos + 6])
+            group, elem, vr, length = self.tag_vr_short.unpack_from(self.buf, pos)
             if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
-                raise MalformedDataset(f"invalid VR {vr!r} for tag {tag:08X} at byte {pos}")
+                raise MalformedDataset(f"invalid VR {vr!r} at byte {pos}")
             if vr in _LONG_VRS:
-                (length,) = self._unpack("L", pos + 8)
+                if pos + 12 > end:
+                    raise MalformedDataset(f"dataset truncated at byte {pos}")
+                (length,) = self.long_length.unpack_from(self.buf, pos + 8)
                 pos += 12
             else:
-                (length,) = self._unpack("H", pos + 6)
                 pos += 8
         else:
-            (length,) = self._unpack("L", pos + 4)
+            group, elem, length = self.tag_length.unpack_from(self.buf, pos)
+            vr = b""
             pos += 8
+        tag = (group << 16) | elem
+        if group == 0xFFFE:
+            raise MalformedDataset(f"unexpected delimiter at byte {pos - 8}")
         if length == _UNDEFINED:
             if explicit and vr not in (b"SQ", b"UN", b"OB", b"OW"):
                 raise MalformedDataset(f"undefined length for VR {vr!r} at byte {pos}")
@@ -86,7 +90,7 @@ class _Walker:
     def sequence(self, pos: int, end: int, explicit: bool) -> int:
         """Walk items up to the sequence delimiter; return the position after it."""
         while True:
-            group, elem, length = self._unpack("HHL", pos)
+            group, elem, length = self._item_header(pos)
             tag = (group << 16) | elem
             pos += 8
             if tag == _SEQ_END:
@@ -103,7 +107,7 @@ class _Walker:
     def dataset(self, pos: int, end: int, explicit: bool, until_item_end: bool = False) -> int:
         while pos < end:
             if until_item_end:
-                group, elem = self._unpack("HH", pos)
+                group, elem, _length = self._item_header(pos)
                 if (group << 16) | elem == _ITEM_END:
                     return pos + 8
             _tag, pos = self.element(pos, end, explicit)
@@ -180,14 +184,14 @@ def _check_deflate(buf: mmap.mmap, offset: int) -> None:
         raise MalformedDataset("deflated dataset is truncated")
 
 
-def header_bytes(path: Path, layout: Layout, bulk_threshold: int = 65536) -> bytes | None:
+def header_bytes(path: Path, layout: Layout) -> bytes | None:
     """The file with its bulk data elements left out: a compact, parseable header."""
     if not layout.spans:
         return None
     with open(path, "rb") as f:
         parts = [f.read(layout.dataset_offset)]
         for tag, start, end in layout.spans:
-            if tag == PIXEL_DATA or end - start > bulk_threshold:
+            if tag == PIXEL_DATA or end - start > BULK_THRESHOLD:
                 continue
             f.seek(start)
             parts.append(f.read(end - start))

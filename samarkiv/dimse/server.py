@@ -12,11 +12,11 @@ from collections.abc import Callable
 from functools import partial
 
 from pynetdicom import AE, _config, evt
-from pynetdicom.transport import ThreadedAssociationServer
 
 from ..core.archive import Archive
 from . import commitment, find, retrieve
 from .contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
+from .acceptor import DicomListener, detached_pynetdicom_server
 from .net import NO_DELAY_HANDLERS
 from .store import InFlight, handle_store
 
@@ -53,13 +53,13 @@ def build_ae(archive: Archive) -> AE:
 
 
 class DicomServer:
-    """Runs the AE in background threads; stops gracefully."""
+    """Our listener plus a pynetdicom AE, in background threads; stops gracefully."""
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
         self.inflight = InFlight()
         self.ae = build_ae(archive)
-        self._server: ThreadedAssociationServer | None = None
+        self._listener: DicomListener | None = None
 
     def handlers(self) -> list[tuple[evt.EventType, Callable]]:
         archive = self.archive
@@ -78,15 +78,15 @@ class DicomServer:
     def start(self) -> None:
         tempfile.tempdir = str(self.archive.staging)  # chunked receive lands beside the blobs
         settings = self.archive.settings
-        self._server = self.ae.start_server(
-            (settings.host, settings.dicom_port), block=False, evt_handlers=self.handlers()
-        )
+        fallback = detached_pynetdicom_server(self.ae, self.handlers())
+        self._listener = DicomListener(self.archive, self.inflight, fallback)
+        self._listener.start()
         log.info("DICOM server %s listening on %s:%d", settings.aet, settings.host, settings.dicom_port)
 
     def stop_accepting(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop_accepting()
 
     def stop(self, grace_seconds: float = 30.0) -> None:
         """Stop accepting, let stores in flight finish, then end the associations."""

@@ -94,6 +94,9 @@ class Catalog:
     def __init__(self, engine: Engine, writer: Engine | None = None) -> None:
         self.engine = engine
         self.writer = writer or engine
+        # (table, key...) -> (pk, parent pk) of patient/study/series rows known
+        # to be committed; saves three lookups per stored instance.
+        self._known: dict[tuple, tuple[int, int | None]] = {}
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
     # --- lookups -------------------------------------------------------------
@@ -183,102 +186,163 @@ class Catalog:
         another patient and conflicts are not accepted, InstanceExists when the
         SOP Instance UID is taken and ``replace`` is not given.
         """
+        args = (patient, study, series_values, instance, accept_patient_conflict, replace, keep_replaced)
+        try:
+            learned = self._add_instance(*args)
+        except IntegrityError:
+            # A cached patient/study/series row is gone (deleted or merged by
+            # another process): forget what we know and try once more.
+            self._known.clear()
+            learned = self._add_instance(*args)
+        if len(self._known) > 100_000:
+            self._known.clear()
+        self._known.update(learned)
+
+    def _parent_pk(
+        self, conn: Connection, table, key: dict[str, Any], values: dict[str, Any], learned: dict
+    ) -> tuple[int, int | None]:  # type: ignore[no-untyped-def]
+        """(pk, parent pk) of the row with ``key``, inserted if absent; cached after commit."""
+        cache_key = (table.name, *key.values())
+        hit = self._known.get(cache_key)
+        if hit is not None:
+            return hit
+        row = self._upsert_key(conn, table, key, values)
+        parent = getattr(row, "patient_pk", None) if table is studies else None
+        learned[cache_key] = (row.pk, parent)
+        return row.pk, parent
+
+    def _add_instance(
+        self,
+        patient: dict[str, Any],
+        study: dict[str, Any],
+        series_values: dict[str, Any],
+        instance: dict[str, Any],
+        accept_patient_conflict: bool,
+        replace: StoredInstance | None,
+        keep_replaced: bool,
+    ) -> dict:
         now = utcnow()
+        learned: dict = {}
+        instance = dict(instance)
         header = instance.pop("header", None)
         with self.writer.begin() as conn:
             patient_key = {k: patient[k] for k in ("patient_id", "issuer_of_patient_id")}
             patient_values = {k: v for k, v in patient.items() if k not in patient_key}
-            patient_row = self._upsert_key(
-                conn, patients, patient_key, {**patient_values, "created_at": now, "updated_at": now}
+            patient_pk, _ = self._parent_pk(
+                conn, patients, patient_key, {**patient_values, "created_at": now, "updated_at": now}, learned
             )
-            study_row = self._upsert_key(
+            study_values = {k: v for k, v in study.items() if k != "study_instance_uid"}
+            study_pk, owner_pk = self._parent_pk(
                 conn,
                 studies,
                 {"study_instance_uid": study["study_instance_uid"]},
-                {
-                    **{k: v for k, v in study.items() if k != "study_instance_uid"},
-                    "patient_pk": patient_row.pk,
-                    "created_at": now,
-                    "updated_at": now,
-                },
+                {**study_values, "patient_pk": patient_pk, "created_at": now, "updated_at": now},
+                learned,
             )
-            if study_row.patient_pk != patient_row.pk:
-                owner = conn.execute(
-                    select(patients.c.patient_id, patients.c.issuer_of_patient_id).where(
-                        patients.c.pk == study_row.patient_pk
-                    )
-                ).one()
-                if not accept_patient_conflict:
-                    raise PatientConflict(owner.patient_id, owner.issuer_of_patient_id)
-                conn.execute(
-                    insert(conflicts).values(
-                        kind="patient-mismatch",
-                        study_instance_uid=study["study_instance_uid"],
-                        sop_instance_uid=instance["sop_instance_uid"],
-                        detail=(
-                            f"study is filed under Patient ID {owner.patient_id!r}; "
-                            f"instance says {patient['patient_id']!r}"
-                        ),
-                        action="filed-under-existing-patient",
-                        detected_at=now,
-                    )
-                )
-            series_row = self._upsert_key(
+            if owner_pk != patient_pk:
+                self._patient_mismatch(conn, owner_pk, patient, study, instance, accept_patient_conflict, now)
+            series_pk, _ = self._parent_pk(
                 conn,
                 series,
                 {"series_instance_uid": series_values["series_instance_uid"]},
                 {
                     **{k: v for k, v in series_values.items() if k != "series_instance_uid"},
-                    "study_pk": study_row.pk,
+                    "study_pk": study_pk,
                     "created_at": now,
                 },
+                learned,
             )
-            conn.execute(update(studies).where(studies.c.pk == study_row.pk).values(updated_at=now))
             row = _clip(
                 instances,
                 {
                     **instance,
-                    "series_pk": series_row.pk,
+                    "series_pk": series_pk,
                     "stored_at": now,
                     "metadata": zlib.compress(header, 1) if header else None,
                 },
             )
             if replace is not None:
-                if keep_replaced:
-                    conn.execute(
-                        insert(superseded_instances).values(
-                            sop_instance_uid=replace.sop_instance_uid,
-                            blob_key=replace.blob_key,
-                            size=replace.size,
-                            sha256=replace.sha256,
-                            transfer_syntax_uid=replace.transfer_syntax_uid,
-                            stored_at=now,
-                            superseded_at=now,
-                        )
-                    )
-                conn.execute(
-                    insert(conflicts).values(
-                        kind="duplicate-sop-instance",
-                        study_instance_uid=study["study_instance_uid"],
-                        sop_instance_uid=instance["sop_instance_uid"],
-                        detail=f"different object received (sha256 {replace.sha256[:12]}… replaced)",
-                        action="kept-both" if keep_replaced else "kept-new",
-                        detected_at=now,
-                    )
-                )
-                changed = conn.execute(
-                    update(instances)
-                    .where(instances.c.pk == replace.pk, instances.c.sha256 == replace.sha256)
-                    .values(**row)
-                ).rowcount
-                if changed != 1:
-                    raise InstanceExists(instance["sop_instance_uid"])
+                self._replace(conn, replace, row, study, keep_replaced, now)
             else:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(insert(instances).values(**row))
-                except IntegrityError:
-                    raise InstanceExists(instance["sop_instance_uid"]) from None
+                inserted = conn.execute(
+                    self._insert(instances)
+                    .values(**row)
+                    .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+                    .returning(instances.c.pk)
+                ).first()
+                if inserted is None:
+                    raise InstanceExists(instance["sop_instance_uid"])
+        return learned
+
+    def _patient_mismatch(
+        self,
+        conn: Connection,
+        owner_pk: int | None,
+        patient: dict[str, Any],
+        study: dict[str, Any],
+        instance: dict[str, Any],
+        accept: bool,
+        now: datetime,
+    ) -> None:
+        """Same Study Instance UID, another patient: reject, or file it and report."""
+        owner = conn.execute(
+            select(patients.c.patient_id, patients.c.issuer_of_patient_id).where(patients.c.pk == owner_pk)
+        ).one()
+        if not accept:
+            raise PatientConflict(owner.patient_id, owner.issuer_of_patient_id)
+        conn.execute(
+            insert(conflicts).values(
+                kind="patient-mismatch",
+                study_instance_uid=study["study_instance_uid"],
+                sop_instance_uid=instance["sop_instance_uid"],
+                detail=(
+                    f"study is filed under Patient ID {owner.patient_id!r}; "
+                    f"instance says {patient['patient_id']!r}"
+                ),
+                action="filed-under-existing-patient",
+                detected_at=now,
+            )
+        )
+
+    def _replace(
+        self,
+        conn: Connection,
+        replace: StoredInstance,
+        row: dict[str, Any],
+        study: dict[str, Any],
+        keep_replaced: bool,
+        now: datetime,
+    ) -> None:
+        """Put a new object under an existing SOP Instance UID (keep-new / keep-both)."""
+        if keep_replaced:
+            conn.execute(
+                insert(superseded_instances).values(
+                    sop_instance_uid=replace.sop_instance_uid,
+                    blob_key=replace.blob_key,
+                    size=replace.size,
+                    sha256=replace.sha256,
+                    transfer_syntax_uid=replace.transfer_syntax_uid,
+                    stored_at=now,
+                    superseded_at=now,
+                )
+            )
+        conn.execute(
+            insert(conflicts).values(
+                kind="duplicate-sop-instance",
+                study_instance_uid=study["study_instance_uid"],
+                sop_instance_uid=replace.sop_instance_uid,
+                detail=f"different object received (sha256 {replace.sha256[:12]}… replaced)",
+                action="kept-both" if keep_replaced else "kept-new",
+                detected_at=now,
+            )
+        )
+        changed = conn.execute(
+            update(instances)
+            .where(instances.c.pk == replace.pk, instances.c.sha256 == replace.sha256)
+            .values(**row)
+        ).rowcount
+        if changed != 1:
+            raise InstanceExists(replace.sop_instance_uid)
 
     # --- conflicts, nodes, state -------------------------------------------------
 
