@@ -150,11 +150,15 @@ def conflicts(
     data: DataOpt = None,
     index_url: IndexOpt = None,
     limit: int = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Patient/study conflicts and replaced duplicates found while storing."""
     archive = open_archive(settings_from(config, data=data, index_url=index_url))
     rows = archive.catalog.conflicts(limit)
     archive.close()
+    if as_json:
+        console.print_json(json.dumps(rows, default=str))
+        return
     table = Table(title="conflicts")
     for column in ("detected_at", "kind", "action", "study_instance_uid", "detail"):
         table.add_column(column)

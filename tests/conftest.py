@@ -105,6 +105,8 @@ def _sample_dirs() -> list[Path]:
 @pytest.fixture(scope="session")
 def sample_files() -> list[Path]:
     """Real sample DICOM files that are valid to store, one per SOP Instance UID."""
+    import pydicom.filereader
+
     from samarkiv.core.ingest import RejectedDataset, parse_instance
 
     chosen: dict[str, Path] = {}
@@ -112,8 +114,11 @@ def sample_files() -> list[Path]:
         for path in sorted(folder.glob("*.dcm")):
             try:
                 parsed = parse_instance(path)
-            except RejectedDataset:
+                meta = pydicom.filereader.read_file_meta_info(path)
+            except (RejectedDataset, Exception):  # noqa: BLE001
                 continue
+            if meta.get("MediaStorageSOPInstanceUID") != parsed.sop_instance_uid:
+                continue  # an inconsistent Part 10 file: rightly rejected
             chosen.setdefault(parsed.sop_instance_uid, path)
     require(len(chosen) >= 20, "pydicom-data sample files not installed")
     return list(chosen.values())
@@ -255,9 +260,20 @@ def transfer_syntax_of(path: Path) -> str:
     return inspect_file(path).transfer_syntax_uid
 
 
+def _dcmtk_reads_uids(path: Path) -> bool:
+    """DCMTK finds the SOP Class and Instance UIDs as UI elements (some samples
+    are too odd for it, and storescu then skips them)."""
+    result = subprocess.run(
+        ["dcmdump", "-q", "+P", "SOPClassUID", "+P", "SOPInstanceUID", str(path)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    return result.returncode == 0 and result.stdout.count(" UI ") == 2
+
+
 def storescu_sendable(files: list[Path]) -> list[Path]:
-    """The files storescu can send without converting them."""
-    return [f for f in files if transfer_syntax_of(f) in STORESCU_PROPOSAL]
+    """The files storescu can read and send without converting them."""
+    require_tool("dcmdump")
+    return [f for f in files if transfer_syntax_of(f) in STORESCU_PROPOSAL and _dcmtk_reads_uids(f)]
 
 
 def storescu(server: ArchiveProcess, *files: Path, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydicom._uid_dict import UID_dictionary
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
@@ -9,5 +10,18 @@ from pynetdicom.sop_class import Verification
 # Every transfer syntax pydicom knows: as received, never re-encoded.
 TRANSFER_SYNTAXES: list[str] = list(AllTransferSyntaxes)
 
-STORAGE_SOP_CLASSES: list[str] = [cx.abstract_syntax for cx in AllStoragePresentationContexts]  # type: ignore[misc]
+
+def _storage_sop_classes() -> list[str]:
+    """Every storage SOP class, current and retired (PS3.6 Table A-1): old
+    modalities and legacy archives still send retired ones."""
+    known = {cx.abstract_syntax for cx in AllStoragePresentationContexts}
+    for uid, (name, kind, *_rest) in UID_dictionary.items():
+        if kind == "SOP Class" and "Storage" in name and not any(
+            word in name for word in ("Commitment", "Storage Media", "Media Storage Directory")
+        ):
+            known.add(uid)
+    return sorted(known)  # type: ignore[arg-type]
+
+
+STORAGE_SOP_CLASSES: list[str] = _storage_sop_classes()
 VERIFICATION = Verification

@@ -1,0 +1,577 @@
+"""C-MOVE and C-GET SCP (PS3.4 C.4.2, C.4.3) against DCMTK's movescu, getscu and
+storescp, and pynetdicom where DCMTK has no tool (C-CANCEL)."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import AllTransferSyntaxes, generate_uid
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from conftest import dataset_bytes, dcmtk_env, free_port, require_tool, storescu, transfer_syntax_of
+
+ALL_TRANSFER_SYNTAXES = list(AllTransferSyntaxes)
+UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"}
+
+
+# --- sample data ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    patient_id: str
+    study: str
+    series: str
+    sop_instance: str
+    transfer_syntax: str
+
+    @property
+    def compressed(self) -> bool:
+        return self.transfer_syntax not in UNCOMPRESSED
+
+
+@pytest.fixture(scope="module")
+def samples(sendable_files: list[Path]) -> list[Sample]:
+    out = []
+    for path in sendable_files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        out.append(Sample(
+            path, str(ds.get("PatientID", "")), ds.StudyInstanceUID, ds.SeriesInstanceUID,
+            ds.SOPInstanceUID, transfer_syntax_of(path),
+        ))  # fmt: skip
+    return out
+
+
+def group(samples: list[Sample], key: str) -> dict[str, list[Sample]]:
+    out: dict[str, list[Sample]] = {}
+    for s in samples:
+        out.setdefault(getattr(s, key), []).append(s)
+    return out
+
+
+def size(samples: list[Sample]) -> int:
+    return sum(s.path.stat().st_size for s in samples)
+
+
+def require_samples(condition: object, what: str) -> None:
+    if not condition:
+        pytest.skip(f"the sample data has no {what}")
+
+
+@dataclass
+class Selection:
+    """Small real samples, chosen by what they are, for every retrieve level."""
+
+    study: list[Sample]  # a whole study with compressed and uncompressed instances
+    series: list[Sample]  # a whole series of two or more, in another study
+    patient_id: str  # a patient with a compressed instance
+    images: list[Sample]  # big endian, deflated and implicit VR instances (those available)
+    implicit: list[Sample]  # implicit VR little endian instances
+    stored: list[Sample] = field(default_factory=list)  # all of the above
+
+    def of_patient(self) -> list[Sample]:
+        return [s for s in self.stored if s.patient_id == self.patient_id]
+
+
+@pytest.fixture(scope="module")
+def selection(samples: list[Sample]) -> Selection:
+    small = [s for s in samples if s.path.stat().st_size < 1_000_000]
+    # Studies filed under one patient only, so that storing them raises no conflict.
+    studies = {uid: g for uid, g in group(small, "study").items() if len({s.patient_id for s in g}) == 1}
+    usable = [s for g in studies.values() for s in g]
+    mixed = [g for g in studies.values() if any(s.compressed for s in g) and sum(not s.compressed for s in g) >= 2]
+    require_samples(mixed, "study with compressed and uncompressed instances")
+    study = max(mixed, key=len)
+    series = [g for g in group(usable, "series").values() if len(g) >= 2 and g[0].study != study[0].study]
+    require_samples(series, "second series of several instances")
+    patients = [
+        g for pid, g in group(usable, "patient_id").items()
+        if pid and pid != study[0].patient_id and any(s.compressed for s in g)
+    ]  # fmt: skip
+    require_samples(patients, "patient with a compressed instance")
+    by_syntax = group(usable, "transfer_syntax")
+    images = [
+        min(by_syntax[ts], key=lambda s: s.path.stat().st_size)
+        for ts in ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2")
+        if ts in by_syntax
+    ]
+    implicit = sorted(by_syntax.get("1.2.840.10008.1.2", []), key=lambda s: s.path.stat().st_size)[:2]
+    require_samples(len(images) >= 2 and implicit, "big endian, deflated and implicit VR instances")
+    chosen = Selection(study, min(series, key=size), min(patients, key=size)[0].patient_id, images, implicit)
+    patient = [s for s in usable if s.patient_id == chosen.patient_id]
+    stored = {s.sop_instance: s for s in (*study, *chosen.series, *patient, *images, *implicit)}
+    chosen.stored = list(stored.values())
+    return chosen
+
+
+@pytest.fixture
+def stored_archive(make_archive, selection):  # type: ignore[no-untyped-def]
+    """Start an archive and store the selection into it."""
+
+    def make(extra_config: str = ""):  # type: ignore[no-untyped-def]
+        server = make_archive(extra_config)
+        sent = storescu(server, *(s.path for s in selection.stored))
+        assert sent.returncode == 0, sent.stderr
+        return server
+
+    return make
+
+
+def open_archive(server):  # type: ignore[no-untyped-def]
+    """An in-process Archive on the running server's data folder and index."""
+    from samarkiv.config import Settings
+    from samarkiv.core.archive import Archive
+
+    return Archive(Settings(data=server.data, index_url=server.index_url), run_migrations=False)
+
+
+# --- DCMTK peers ---------------------------------------------------------------------------
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "peer exited early"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+@dataclass
+class StoreSCP:
+    """A DCMTK storescp writing what it receives, bit for bit, to ``out``."""
+
+    aet: str
+    out: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    def start(self, *options: str) -> StoreSCP:
+        require_tool("storescp")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            ["storescp", "-aet", self.aet, "+B", *options, "-od", str(self.out), str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dcmtk_env(),
+        )  # fmt: skip
+        wait_for_port(self.port, self.process)
+        return self
+
+    def take(self) -> dict[str, Path]:
+        """Received files by SOP Instance UID; they move out of ``out``."""
+        batch = self.out / f"batch-{time.monotonic_ns()}"
+        batch.mkdir()
+        received = {}
+        for path in self.out.iterdir():
+            if path.is_file():
+                path = path.rename(batch / path.name)
+                received[pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID] = path
+        return received
+
+    def node_config(self) -> str:
+        return f'[[nodes]]\naet = "{self.aet}"\nhost = "127.0.0.1"\nport = {self.port}\n'
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator:
+    started: list[StoreSCP] = []
+
+    def start(aet: str, *options: str) -> StoreSCP:
+        scp = StoreSCP(aet, tmp_path / f"received-{aet}").start(*options)
+        started.append(scp)
+        return scp
+
+    yield start
+    for scp in started:
+        scp.stop()
+
+
+@dataclass
+class Final:
+    """The final C-MOVE/C-GET response as DCMTK's debug output shows it."""
+
+    status: int
+    completed: int
+    failed: int
+    warning: int
+    failed_uids: list[str]
+    output: str
+
+
+def final_response(output: str) -> Final:
+    tail = output[output.rindex("C-MOVE RSP" if "C-MOVE RSP" in output else "C-GET RSP") :]
+
+    def number(label: str) -> int:
+        value = re.search(rf"{label} Suboperations\s*:\s*(\w+)", tail)
+        assert value is not None, output
+        return 0 if value.group(1) == "none" else int(value.group(1))
+
+    status = re.search(r"DIMSE Status\s*:\s*0x([0-9a-fA-F]{4})", tail)
+    assert status is not None, output
+    failed = re.search(r"\(0008,0058\) UI \[([^\]]*)\]", tail)
+    return Final(
+        int(status.group(1), 16), number("Completed"), number("Failed"), number("Warning"),
+        failed.group(1).split("\\") if failed else [], output,
+    )  # fmt: skip
+
+
+def dcmtk_retrieve(tool: str, server, *args: str) -> Final:  # type: ignore[no-untyped-def]
+    require_tool(tool)
+    result = subprocess.run(
+        [tool, "-d", "-aec", server.aet, *args, "127.0.0.1", str(server.dicom_port)],
+        capture_output=True, text=True, env=dcmtk_env(), timeout=120,
+    )  # fmt: skip
+    return final_response(result.stdout + result.stderr)
+
+
+def movescu(server, destination: str, *keys: str, model: str = "-S") -> Final:  # type: ignore[no-untyped-def]
+    return dcmtk_retrieve("movescu", server, model, "-aem", destination, *(a for k in keys for a in ("-k", k)))
+
+
+def assert_byte_identical(server, received: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
+    archive = open_archive(server)
+    try:
+        for uid, path in received.items():
+            stored = archive.catalog.instance(uid)
+            assert stored is not None
+            assert dataset_bytes(path) == dataset_bytes(archive.instance_path(stored)), uid
+    finally:
+        archive.close()
+
+
+def assert_same_content(original: Path, received: Path) -> None:
+    """Re-encoded in another uncompressed syntax: same attributes, same pixels."""
+    before, after = pydicom.dcmread(original), pydicom.dcmread(received)
+    assert after.file_meta.TransferSyntaxUID in UNCOMPRESSED
+    public = lambda ds: {e.tag for e in ds if not e.tag.is_private and e.tag.element != 0}  # noqa: E731
+    assert public(after) == public(before)
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "PatientName", "Rows", "Columns"):
+        assert after.get(keyword) == before.get(keyword)
+    if "PixelData" in before:
+        assert (after.pixel_array == before.pixel_array).all()
+
+
+# --- C-MOVE ----------------------------------------------------------------------------------
+
+
+def uids(samples: list[Sample]) -> set[str]:
+    return {s.sop_instance for s in samples}
+
+
+def test_move_every_level_sends_stored_bytes(stored_archive, storescp, selection):
+    dest = storescp("DEST", "+xa")  # accepts every transfer syntax
+    server = stored_archive(dest.node_config())
+    study, series, images = selection.study, selection.series, selection.images
+
+    final = movescu(server, "DEST", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study[0].study}")
+    assert (final.status, final.completed, final.failed) == (0x0000, len(study), 0), final.output
+    received = dest.take()
+    assert set(received) == uids(study)
+    assert_byte_identical(server, received)
+
+    final = movescu(server, "DEST", "QueryRetrieveLevel=SERIES", f"SeriesInstanceUID={series[0].series}")
+    assert (final.status, final.completed, final.failed) == (0x0000, len(series), 0), final.output
+    received = dest.take()
+    assert set(received) == uids(series)
+    assert_byte_identical(server, received)
+
+    uid_list = "\\".join(s.sop_instance for s in images)  # big endian, deflated, implicit VR
+    final = movescu(server, "DEST", "QueryRetrieveLevel=IMAGE", f"SOPInstanceUID={uid_list}")
+    assert (final.status, final.completed, final.failed) == (0x0000, len(images), 0), final.output
+    received = dest.take()
+    assert set(received) == uids(images)
+    assert_byte_identical(server, received)
+
+    patient = selection.of_patient()
+    final = movescu(server, "DEST", "QueryRetrieveLevel=PATIENT", f"PatientID={selection.patient_id}", model="-P")
+    assert (final.status, final.completed, final.failed) == (0x0000, len(patient), 0), final.output
+    received = dest.take()
+    assert set(received) == uids(patient)
+    assert_byte_identical(server, received)
+
+    # Patient Root below the PATIENT level: the Patient ID narrows the match.
+    study_key = f"StudyInstanceUID={study[0].study}"
+    right = movescu(server, "DEST", "QueryRetrieveLevel=STUDY", f"PatientID={study[0].patient_id}", study_key, model="-P")
+    assert (right.status, right.completed) == (0x0000, len(study))
+    wrong = movescu(server, "DEST", "QueryRetrieveLevel=STUDY", "PatientID=nobody", study_key, model="-P")
+    assert (wrong.status, wrong.completed) == (0x0000, 0)
+    assert set(dest.take()) == uids(study)
+
+    sent = 2 * len(study) + len(series) + len(images) + len(patient)
+    metrics = httpx.get(f"{server.http}/metrics").text
+    assert f'samarkiv_retrieved_instances_total{{outcome="sent"}} {float(sent)}' in metrics
+
+
+def test_move_to_cli_node_converts_uncompressed_and_fails_compressed(stored_archive, storescp, selection):
+    dest = storescp("DEST2", "+xi")  # implicit VR little endian only
+    server = stored_archive()
+    study = selection.study
+    study_key = f"StudyInstanceUID={study[0].study}"
+    assert movescu(server, "DEST2", "QueryRetrieveLevel=STUDY", study_key).status == 0xA801
+    server.cli("nodes", "add", "DEST2", "127.0.0.1", str(dest.port))
+
+    compressed = {s.sop_instance for s in study if s.compressed}
+    final = movescu(server, "DEST2", "QueryRetrieveLevel=STUDY", study_key)
+    assert final.status == 0xB000, final.output
+    assert (final.completed, final.failed) == (len(study) - len(compressed), len(compressed))
+    assert set(final.failed_uids) == compressed
+    received = dest.take()
+    assert set(received) == uids(study) - compressed
+    by_uid = {s.sop_instance: s for s in selection.stored}
+    for uid, path in received.items():
+        assert_same_content(by_uid[uid].path, path)
+        assert transfer_syntax_of(path) == "1.2.840.10008.1.2"
+
+    others = [s for s in selection.images if s.transfer_syntax != "1.2.840.10008.1.2"]  # big endian, deflated
+    final = movescu(server, "DEST2", "QueryRetrieveLevel=IMAGE", "SOPInstanceUID=" + "\\".join(uids(others)))
+    assert (final.status, final.completed) == (0x0000, len(others)), final.output
+    received = dest.take()
+    assert set(received) == uids(others)
+    for uid, path in received.items():
+        assert_same_content(by_uid[uid].path, path)
+
+    metrics = httpx.get(f"{server.http}/metrics").text
+    assert f'samarkiv_retrieved_instances_total{{outcome="failed"}} {float(len(compressed))}' in metrics
+
+
+# --- C-GET ------------------------------------------------------------------------------------
+
+
+def getscu(server, out: Path, *keys: str) -> Final:  # type: ignore[no-untyped-def]
+    out.mkdir(exist_ok=True)
+    return dcmtk_retrieve("getscu", server, "-S", "+B", "-od", str(out), *(a for k in keys for a in ("-k", k)))
+
+
+def received_files(out: Path) -> dict[str, Path]:
+    return {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in out.iterdir()}
+
+
+def test_get_sends_over_the_requestors_association(stored_archive, selection, tmp_path):
+    server = stored_archive()
+
+    implicit = selection.implicit
+    out = tmp_path / "get-implicit"
+    final = getscu(server, out, "QueryRetrieveLevel=IMAGE", "SOPInstanceUID=" + "\\".join(uids(implicit)))
+    assert (final.status, final.completed, final.failed) == (0x0000, len(implicit), 0), final.output
+    received = received_files(out)
+    assert set(received) == uids(implicit)
+    assert_byte_identical(server, received)
+
+    # getscu offers uncompressed syntaxes only: the compressed objects cannot go.
+    study = selection.study
+    compressed = {s.sop_instance for s in study if s.compressed}
+    out = tmp_path / "get-study"
+    final = getscu(server, out, "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study[0].study}")
+    assert final.status == 0xB000, final.output
+    assert (final.completed, final.failed) == (len(study) - len(compressed), len(compressed))
+    assert set(final.failed_uids) == compressed
+    received = received_files(out)
+    assert set(received) == uids(study) - compressed
+    by_uid = {s.sop_instance: s for s in study}
+    archive = open_archive(server)
+    try:
+        for uid, path in received.items():
+            stored = archive.catalog.instance(uid)
+            assert stored is not None
+            if transfer_syntax_of(path) == stored.transfer_syntax_uid:
+                assert dataset_bytes(path) == dataset_bytes(archive.instance_path(stored))
+            else:  # the archive accepted another uncompressed syntax for the context
+                assert_same_content(by_uid[uid].path, path)
+    finally:
+        archive.close()
+
+
+# --- refusals ---------------------------------------------------------------------------------
+
+
+def scu_ae() -> AE:
+    ae = AE(ae_title="TESTSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    return ae
+
+
+def identifier(**keys: str) -> Dataset:
+    ds = Dataset()
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def final_status(responses) -> Dataset:  # type: ignore[no-untyped-def]
+    statuses = [status for status, _identifier in responses]
+    assert statuses and all("Status" in s for s in statuses)
+    return statuses[-1]
+
+
+def test_refusals_and_empty_matches(make_archive, storescp):
+    dest = storescp("DEST")
+    server = make_archive(dest.node_config())
+    unknown = movescu(server, "NOWHERE", "QueryRetrieveLevel=STUDY", "StudyInstanceUID=1.2.3")
+    assert unknown.status == 0xA801
+
+    ae = scu_ae()
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(PatientRootQueryRetrieveInformationModelGet)
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.aet)
+    assert assoc.is_established
+    try:
+        def move(ds: Dataset, destination: str = "DEST") -> Dataset:
+            return final_status(assoc.send_c_move(ds, destination, StudyRootQueryRetrieveInformationModelMove))
+
+        def get(ds: Dataset, model: str = StudyRootQueryRetrieveInformationModelGet) -> Dataset:
+            return final_status(assoc.send_c_get(ds, model))
+
+        assert move(identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.3"), "NOWHERE").Status == 0xA801
+        bad = [
+            identifier(StudyInstanceUID="1.2.3"),  # no level
+            identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.*"),  # wildcard
+            identifier(QueryRetrieveLevel="STUDY"),  # no unique key
+            identifier(QueryRetrieveLevel="PATIENT", PatientID="X"),  # no PATIENT level in Study Root
+            identifier(QueryRetrieveLevel="SERIES", StudyInstanceUID="1.2.3\\1.2.4", SeriesInstanceUID="1.2.5"),
+            identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.3", SOPInstanceUID="1.2.4"),
+        ]
+        for ds in bad:
+            assert get(ds).Status == 0xA900, ds
+        assert move(bad[1]).Status == 0xA900
+        assert get(identifier(QueryRetrieveLevel="PATIENT"), PatientRootQueryRetrieveInformationModelGet).Status == 0xA900
+
+        for status in (
+            move(identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.3")),
+            get(identifier(QueryRetrieveLevel="IMAGE", SOPInstanceUID="1.2.3\\1.2.4")),
+            get(identifier(QueryRetrieveLevel="PATIENT", PatientID="nobody"), PatientRootQueryRetrieveInformationModelGet),
+        ):
+            assert status.Status == 0x0000
+            assert status.NumberOfCompletedSuboperations == 0
+            assert status.NumberOfFailedSuboperations == 0
+    finally:
+        assoc.release()
+    assert dest.take() == {}
+
+
+# --- C-CANCEL ---------------------------------------------------------------------------------
+
+MANY = 30
+
+
+@pytest.fixture
+def many_instances(tmp_path: Path, samples: list[Sample]) -> tuple[str, str, list[Path]]:
+    """MANY copies of a small real image in one new study: (SOP Class, Study UID, files)."""
+    explicit = [s for s in samples if s.transfer_syntax == "1.2.840.10008.1.2.1"]
+    require_samples(explicit, "explicit VR little endian instance")
+    template = pydicom.dcmread(min(explicit, key=lambda s: s.path.stat().st_size).path)
+    study, series = generate_uid(), generate_uid()
+    folder = tmp_path / "many"
+    folder.mkdir()
+    files = []
+    for number in range(1, MANY + 1):
+        template.StudyInstanceUID, template.SeriesInstanceUID = study, series
+        template.SOPInstanceUID = template.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        template.InstanceNumber = number
+        path = folder / f"{number}.dcm"
+        template.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return template.SOPClassUID, study, files
+
+
+def assert_cancelled(status: Dataset, received: int) -> None:
+    assert status.Status == 0xFE00
+    remaining = status.NumberOfRemainingSuboperations
+    assert status.NumberOfCompletedSuboperations == received
+    assert 1 <= received and remaining >= 1
+    assert received + remaining + status.NumberOfFailedSuboperations + status.NumberOfWarningSuboperations == MANY
+
+
+def test_cancel_get(archive, many_instances):
+    sop_class, study, files = many_instances
+    assert storescu(archive, *files).returncode == 0
+    received: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(event.request.AffectedSOPInstanceUID)
+        if len(received) == 1:  # cancel before answering the first sub-operation
+            event.assoc.send_c_cancel(1, query_model=StudyRootQueryRetrieveInformationModelGet)
+        return 0x0000
+
+    ae = scu_ae()
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(sop_class)
+    assoc = ae.associate(
+        "127.0.0.1", archive.dicom_port, ae_title=archive.aet,
+        ext_neg=[build_role(sop_class, scp_role=True)], evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )  # fmt: skip
+    assert assoc.is_established
+    try:
+        query = identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID=study)
+        responses = assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet, msg_id=1)
+        assert_cancelled(final_status(responses), len(received))
+    finally:
+        assoc.release()
+
+
+def test_cancel_move(make_archive, many_instances):
+    sop_class, study, files = many_instances
+    first_store, cancel_sent = threading.Event(), threading.Event()
+    received: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(event.request.AffectedSOPInstanceUID)
+        if len(received) == 1:  # hold the first sub-operation until the C-CANCEL is out
+            first_store.set()
+            cancel_sent.wait(10)
+        return 0x0000
+
+    dest_ae = scu_ae()
+    dest_ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+    port = free_port()
+    dest = dest_ae.start_server(
+        ("127.0.0.1", port), block=False, ae_title="CANCELDEST", evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        server = make_archive(f'[[nodes]]\naet = "CANCELDEST"\nhost = "127.0.0.1"\nport = {port}\n')
+        assert storescu(server, *files).returncode == 0
+        ae = scu_ae()
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.aet)
+        assert assoc.is_established
+
+        def cancel() -> None:
+            if first_store.wait(30):
+                assoc.send_c_cancel(1, query_model=StudyRootQueryRetrieveInformationModelMove)
+                cancel_sent.set()
+
+        canceller = threading.Thread(target=cancel, daemon=True)
+        canceller.start()
+        try:
+            query = identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID=study)
+            responses = assoc.send_c_move(query, "CANCELDEST", StudyRootQueryRetrieveInformationModelMove, msg_id=1)
+            assert_cancelled(final_status(responses), len(received))
+        finally:
+            assoc.release()
+            canceller.join(5)
+    finally:
+        dest.shutdown()
