@@ -18,8 +18,8 @@ from .config import ConfigError, Settings, load_settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="samarkiv: a regional vendor-neutral archive.")
 nodes_app = typer.Typer(no_args_is_help=True, help="DICOM peers (C-MOVE destinations).")
 app.add_typer(nodes_app, name="nodes")
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)  # long lines (paths, UIDs) stay whole for grep
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config file.")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Data folder [default: ./samarkiv-data].")]
@@ -185,7 +185,7 @@ def verify(config: ConfigOpt = None, data: DataOpt = None, index_url: IndexOpt =
     with Progress(TextColumn("[bold]verifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err) as progress:
         task = progress.add_task("verify", total=total)
         report = archive.verify(lambda _stored: progress.advance(task))
-    orphans = archive.sweep_orphans(full=True)
+    orphans = _sweep_orphans(archive, settings)
     archive.close()
     console.print(
         f"checked {report.checked:,} instances ({report.checked_bytes / 1e6:,.1f} MB): "
@@ -199,6 +199,22 @@ def verify(config: ConfigOpt = None, data: DataOpt = None, index_url: IndexOpt =
         console.print(f"[yellow]orphan removed[/yellow] {key}")
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _sweep_orphans(archive, settings: Settings) -> list[str]:  # type: ignore[no-untyped-def]
+    """Full orphan sweep; young blobs may be a running server's stores in flight,
+    unless no server holds the data folder."""
+    from .serve import DataFolderBusy, lock_data_folder
+
+    try:
+        lock = lock_data_folder(Path(settings.data))
+    except DataFolderBusy:
+        return archive.sweep_orphans(full=True)
+    try:
+        exclusive = archive.engine.dialect.name == "sqlite"
+        return archive.sweep_orphans(full=True, grace_seconds=0 if exclusive else None)
+    finally:
+        lock.close()
 
 
 @nodes_app.command("add")
