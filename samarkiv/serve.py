@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import IO
 
@@ -38,7 +39,8 @@ def lock_data_folder(data: Path) -> IO[str]:
 
 
 class _Server(uvicorn.Server):
-    """Uvicorn that also closes the DICOM door the moment a signal arrives."""
+    """Uvicorn that also closes the DICOM door the moment a signal arrives, and
+    does not re-raise the signal afterwards: the DICOM side must still drain."""
 
     def __init__(self, config: uvicorn.Config, on_exit) -> None:  # type: ignore[no-untyped-def]
         super().__init__(config)
@@ -46,7 +48,9 @@ class _Server(uvicorn.Server):
 
     def handle_exit(self, sig, frame) -> None:  # type: ignore[no-untyped-def]
         self._on_exit()
-        super().handle_exit(sig, frame)
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
 
 
 def serve(settings: Settings) -> None:
