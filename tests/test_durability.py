@@ -164,7 +164,7 @@ def peak_rss_mb(pid: int) -> float:
 def test_large_multiframe_is_streamed_with_bounded_memory(make_archive, tmp_path):
     require_tool("storescu")
     big = tmp_path / "big.dcm"
-    size = _write_big_multiframe(big, frames=400)  # 800 MiB of pixel data
+    size = _write_big_multiframe(big, frames=1024)  # 2 GiB of pixel data
     server = make_archive()
     before = peak_rss_mb(server.process.pid)
     sent = subprocess.run(

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pydicom
+import pydicom.filereader
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -55,8 +56,9 @@ def send_file(server, path: Path, called_aet: str | None = None) -> int:
     dataset without decoding it, so malformed datasets reach the server intact.
     """
     _config.STORE_SEND_CHUNKED_DATASET = True
+    meta = pydicom.filereader.read_file_meta_info(path)
     ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
     assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=called_aet or server.aet)
     assert assoc.is_established
     try:
@@ -116,6 +118,51 @@ def test_received_bytes_are_stored_as_they_came(archive, sample_files):
             assert dataset_bytes(local.instance_path(stored)) == dataset_bytes(path), path.name
     finally:
         local.close()
+
+
+VIDEO_SYNTAXES = {
+    "MPEG2 Main Profile @ Main Level": "1.2.840.10008.1.2.4.100",
+    "MPEG-4 AVC/H.264 High Profile / Level 4.1": "1.2.840.10008.1.2.4.102",
+    "HEVC/H.265 Main Profile / Level 5.1": "1.2.840.10008.1.2.4.107",
+}
+
+
+@pytest.mark.parametrize("syntax", list(VIDEO_SYNTAXES))
+def test_video_is_stored_in_its_transfer_syntax(archive, tmp_path, syntax):
+    """Video objects are archived as sent (the stream is never decoded, so any
+    bytes stand in for one here)."""
+    ds = pydicom.dcmread(make_ct(tmp_path / "template.dcm"))
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.4.1"  # Video Photographic Image Storage
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.TransferSyntaxUID = VIDEO_SYNTAXES[syntax]
+    ds.Modality, ds.NumberOfFrames, ds.Rows, ds.Columns = "XC", 30, 480, 640
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "YBR_PARTIAL_420"
+    ds.PlanarConfiguration = 0
+    ds.PixelData = pydicom.encaps.encapsulate([bytes(range(256)) * 512])
+    ds["PixelData"].VR = "OB"
+    path = tmp_path / "video.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert send_file(archive, path) == 0x0000
+    local = Archive(load_settings(data=archive.data, index_url=archive.index_url), run_migrations=False)
+    stored = local.catalog.instance(ds.SOPInstanceUID)
+    assert stored.transfer_syntax_uid == VIDEO_SYNTAXES[syntax]
+    assert dataset_bytes(local.instance_path(stored)) == dataset_bytes(path)
+    local.close()
+
+
+def test_deflated_dataset_is_stored_as_sent(archive, tmp_path):
+    ds = pydicom.dcmread(make_ct(tmp_path / "plain.dcm", PatientName="Deflated^Test"))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    path = tmp_path / "deflated.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert send_file(archive, path) == 0x0000
+    local = Archive(load_settings(data=archive.data, index_url=archive.index_url), run_migrations=False)
+    stored = local.catalog.instance(ds.SOPInstanceUID)
+    assert stored.transfer_syntax_uid == pydicom.uid.DeflatedExplicitVRLittleEndian
+    assert dataset_bytes(local.instance_path(stored)) == dataset_bytes(path)
+    local.close()
 
 
 def test_identical_restore_is_harmless(archive, tmp_path):
