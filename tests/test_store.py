@@ -279,3 +279,28 @@ def test_wrong_called_ae_is_rejected(archive):
     )  # fmt: skip
     assert result.returncode != 0
     assert "Called AE Title Not Recognized" in result.stderr or "called" in result.stderr.lower()
+
+
+def test_store_on_an_association_served_by_pynetdicom(archive, tmp_path):
+    """Associations that are not storage-only (here: with role selection, as a
+    C-GET requestor proposes) are served by pynetdicom, with the same store path."""
+    from pynetdicom import build_role
+
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    first, second = _same_uid_different_object(tmp_path)
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate(
+        "127.0.0.1", archive.dicom_port, ae_title=archive.aet,
+        ext_neg=[build_role(CTImageStorage, scu_role=True, scp_role=True)],
+    )  # fmt: skip
+    assert assoc.is_established
+    try:
+        assert int(assoc.send_c_store(first).Status) == 0x0000
+        assert int(assoc.send_c_store(first).Status) == 0x0000
+        assert int(assoc.send_c_store(second).Status) == 0x0111
+        assert int(assoc.send_c_store(_truncated(tmp_path)).Status) == 0xC000
+    finally:
+        assoc.release()
+    assert instance_count(archive) == 1
+    assert staging_files(archive) == []
