@@ -146,7 +146,8 @@ class Archive:
 
         key: str | None = None  # set once the blob is durably in place
         for _attempt in range(3):
-            existing = self.catalog.instance(uid)
+            known_digest = self.catalog.digest(uid)
+            existing = self.catalog.instance(uid) if known_digest is not None else None
             replace = None
             if existing is not None:
                 if existing.sha256 == digest:

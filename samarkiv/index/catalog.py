@@ -108,6 +108,13 @@ class Catalog:
             ).first()
         return StoredInstance(*row) if row else None
 
+    def digest(self, sop_instance_uid: str) -> str | None:
+        """SHA-256 of the stored instance, if any: the cheap check before a store."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(instances.c.sha256).where(instances.c.sop_instance_uid == sop_instance_uid)
+            ).scalar()
+
     def instances_by_uid(self, uids: Sequence[str]) -> dict[str, StoredInstance]:
         found: dict[str, StoredInstance] = {}
         with self.engine.connect() as conn:
