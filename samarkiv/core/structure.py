@@ -14,6 +14,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
@@ -147,6 +148,12 @@ def _meta(buf: mmap.mmap | bytes) -> tuple[str, int]:
     if not ts:
         raise MalformedDataset("File Meta Information has no Transfer Syntax UID")
     return ts, pos
+
+
+def dataset_offset(stream: BinaryIO) -> int:
+    """Where the data set of the Part 10 file open in ``stream`` begins."""
+    stream.seek(0)
+    return _meta(stream.read(1 << 16))[1]
 
 
 def inspect_file(path: Path) -> Layout:

@@ -53,7 +53,8 @@ class AssociateRequest:
     contexts: list[ProposedContext] = field(default_factory=list)
     max_pdu_length: int = 0
     implementation_class_uid: str = ""
-    has_role_selection: bool = False
+    # SOP Class UID -> (SCU role, SCP role) proposed (PS3.7 D.3.3.4)
+    roles: dict[str, tuple[int, int]] = field(default_factory=dict)
     has_user_identity: bool = False
     has_extended_negotiation: bool = False
 
@@ -102,8 +103,11 @@ def _parse_user_info(value: bytes, rq: AssociateRequest) -> None:
             rq.max_pdu_length = struct.unpack(">I", data)[0]
         elif sub_type == 0x52:
             rq.implementation_class_uid = _uid(data)
-        elif sub_type == 0x54:
-            rq.has_role_selection = True
+        elif sub_type == 0x54 and length >= 4:
+            (uid_length,) = struct.unpack_from(">H", data, 0)
+            if uid_length + 4 <= length:
+                uid = _uid(data[2 : 2 + uid_length])
+                rq.roles[uid] = (data[2 + uid_length], data[3 + uid_length])
         elif sub_type in (0x56, 0x57):
             rq.has_extended_negotiation = True
         elif sub_type == 0x58:
@@ -136,6 +140,8 @@ def encode_associate_ac(
         body += _item(0x21, bytes([context_id, 0, result, 0]) + sub)
     user = _item(0x51, struct.pack(">I", max_pdu_length))
     user += _item(0x52, _ascii(IMPLEMENTATION_CLASS_UID))
+    for uid, (scu, scp) in rq.roles.items():  # accept the roles as proposed
+        user += _item(0x54, struct.pack(">H", len(uid)) + _ascii(uid) + bytes([scu, scp]))
     user += _item(0x55, IMPLEMENTATION_VERSION.encode("ascii"))
     body += _item(0x50, user)
     return _pdu(A_ASSOCIATE_AC, body)
@@ -181,11 +187,19 @@ def iter_pdvs(body: bytes) -> list[tuple[int, int, memoryview]]:
 # --- DIMSE command sets: implicit VR little endian, group 0000 (PS3.7 E.1) ---
 
 C_STORE_RQ, C_STORE_RSP, C_ECHO_RQ, C_ECHO_RSP = 0x0001, 0x8001, 0x0030, 0x8030
-NO_DATASET = 0x0101
+C_GET_RQ, C_GET_RSP, C_CANCEL_RQ = 0x0010, 0x8010, 0x0FFF
+NO_DATASET, DATASET_PRESENT = 0x0101, 0x0000
 
-_UI_TAGS = {0x0002, 0x1000, 0x1001, 0x1030}  # UIDs and the AE title are text
-_TEXT_TAGS = _UI_TAGS | {0x0902}
-_US_TAGS = {0x0100, 0x0110, 0x0120, 0x0700, 0x0800, 0x0900, 0x1031}
+# Command elements (group 0000) by element number (PS3.7 Table E.1-1)
+AFFECTED_SOP_CLASS, COMMAND_FIELD, MESSAGE_ID, RESPONDED_TO = 0x0002, 0x0100, 0x0110, 0x0120
+PRIORITY, DATASET_TYPE, STATUS, ERROR_COMMENT = 0x0700, 0x0800, 0x0900, 0x0902
+AFFECTED_SOP_INSTANCE = 0x1000
+REMAINING, COMPLETED, FAILED, WARNING = 0x1020, 0x1021, 0x1022, 0x1023
+
+_UI_TAGS = {AFFECTED_SOP_CLASS, AFFECTED_SOP_INSTANCE, 0x1001, 0x1030}
+_TEXT_TAGS = _UI_TAGS | {ERROR_COMMENT}
+_US_TAGS = {COMMAND_FIELD, MESSAGE_ID, RESPONDED_TO, PRIORITY, DATASET_TYPE, STATUS, 0x1031,
+            REMAINING, COMPLETED, FAILED, WARNING}  # fmt: skip
 
 
 def decode_command(data: bytes) -> dict[int, int | str]:
@@ -207,15 +221,21 @@ def decode_command(data: bytes) -> dict[int, int | str]:
     return values
 
 
-def _text_element(element: int, text: str) -> bytes:
-    raw = text.encode("ascii", "replace")
-    if len(raw) % 2:
-        raw += b"\x00" if element in _UI_TAGS else b" "
-    return struct.pack("<HHI", 0, element, len(raw)) + raw
-
-
-def _us_element(element: int, value: int) -> bytes:
-    return struct.pack("<HHIH", 0, element, 2, value)
+def encode_command(elements: dict[int, int | str | None]) -> bytes:
+    """A command set from element number -> value; None values are left out."""
+    body = b""
+    for element in sorted(elements):
+        value = elements[element]
+        if value is None:
+            continue
+        if element in _US_TAGS:
+            body += struct.pack("<HHIH", 0, element, 2, int(value))
+        else:
+            raw = str(value)[:64].encode("ascii", "replace")
+            if len(raw) % 2:
+                raw += b"\x00" if element in _UI_TAGS else b" "
+            body += struct.pack("<HHI", 0, element, len(raw)) + raw
+    return struct.pack("<HHII", 0, 0, 4, len(body)) + body
 
 
 def encode_response(
@@ -227,16 +247,17 @@ def encode_response(
     error_comment: str | None = None,
 ) -> bytes:
     """A C-STORE-RSP or C-ECHO-RSP command set (PS3.7 9.3.1.2, 9.3.5.2)."""
-    body = _text_element(0x0002, sop_class_uid)
-    body += _us_element(0x0100, command_field)
-    body += _us_element(0x0120, message_id)
-    body += _us_element(0x0800, NO_DATASET)
-    body += _us_element(0x0900, status)
-    if error_comment:
-        body += _text_element(0x0902, error_comment[:64])
-    if sop_instance_uid:
-        body += _text_element(0x1000, sop_instance_uid)
-    return struct.pack("<HHII", 0, 0, 4, len(body)) + body
+    return encode_command(
+        {
+            AFFECTED_SOP_CLASS: sop_class_uid,
+            COMMAND_FIELD: command_field,
+            RESPONDED_TO: message_id,
+            DATASET_TYPE: NO_DATASET,
+            STATUS: status,
+            ERROR_COMMENT: error_comment or None,
+            AFFECTED_SOP_INSTANCE: sop_instance_uid,
+        }
+    )
 
 
 # --- File Meta Information (PS3.10 7.1) ---------------------------------------

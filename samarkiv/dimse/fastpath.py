@@ -1,0 +1,444 @@
+"""Associations served by our own Upper Layer code: C-ECHO, C-STORE and C-GET.
+
+These are the hot paths (a modality sending, a viewer or PACS pulling a study),
+and pynetdicom's 1 ms polling sleeps cap them far below what the archive can
+do (see docs/architecture.md). Everything else goes to pynetdicom.
+
+PS3.7 9.1.1 (C-STORE), 9.1.3 (C-GET), 9.1.5 (C-ECHO); PS3.8 section 9;
+PS3.4 C.4.3 (C-GET SCP behaviour).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+from io import BytesIO
+from pathlib import Path
+from typing import BinaryIO
+
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..core.archive import Archive
+from ..index.catalog import StoredInstance
+from ..core.structure import MalformedDataset, dataset_offset
+from ..index.retrieval import IdentifierError, InformationModel, find_instances, parse_identifier
+from ..storage.blobstore import CHUNK
+from . import pdu
+from .contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
+from .store import InFlight, status_for
+
+log = logging.getLogger(__name__)
+
+MAX_PDU_LENGTH = 1 << 20  # what we accept per P-DATA-TF; bounds memory per association
+GET_MODELS = {
+    "1.2.840.10008.5.1.4.1.2.1.3": InformationModel.PATIENT_ROOT,
+    "1.2.840.10008.5.1.4.1.2.2.3": InformationModel.STUDY_ROOT,
+}
+FAST_SYNTAXES = frozenset(STORAGE_SOP_CLASSES) | {VERIFICATION} | set(GET_MODELS)
+_STORAGE = frozenset(STORAGE_SOP_CLASSES)
+_TRANSFER_SYNTAXES = frozenset(TRANSFER_SYNTAXES)
+_MAX_IDENTIFIER = 1 << 20
+
+# C-GET statuses (PS3.4 Table C.4-3)
+PENDING, SUCCESS, CANCELLED = 0xFF00, 0x0000, 0xFE00
+SOME_FAILED, ALL_FAILED = 0xB000, 0xA702
+IDENTIFIER_MISMATCH, UNABLE_TO_PROCESS, OUT_OF_RESOURCES = 0xA900, 0xC000, 0xA701
+
+
+def is_fast(rq: pdu.AssociateRequest) -> bool:
+    """Storage, Verification and C-GET only, with role selection only for storage."""
+    return (
+        bool(rq.contexts)
+        and all(cx.abstract_syntax in FAST_SYNTAXES for cx in rq.contexts)
+        and all(uid in _STORAGE for uid in rq.roles)
+        and not (rq.has_user_identity or rq.has_extended_negotiation)
+    )
+
+
+def recv_exact(sock: socket.socket, size: int) -> bytearray:
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:], size - got)
+        if n == 0:
+            raise ConnectionError("peer closed the connection")
+        got += n
+    return buf
+
+
+class _Message:
+    """A DIMSE message being received: its command and its data set's destination."""
+
+    def __init__(self, context_id: int, command: dict[int, int | str], sink: BinaryIO, path: Path | None) -> None:
+        self.context_id = context_id
+        self.command = command
+        self.sink = sink
+        self.path = path
+
+
+class FastAssociation:
+    """One association: negotiation, then C-ECHO, C-STORE and C-GET requests."""
+
+    def __init__(self, sock: socket.socket, archive: Archive, inflight: InFlight, admit, release) -> None:  # type: ignore[no-untyped-def]
+        self.sock = sock
+        self.archive = archive
+        self.inflight = inflight
+        self._admit, self._release = admit, release
+        self.calling_ae = ""
+        self.peer_max_pdu = 0
+        self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract syntax, transfer syntax)
+        self.roles: dict[str, tuple[int, int]] = {}
+        self._command = bytearray()
+        self._message: _Message | None = None
+        self._cancelled: set[int] = set()
+        self._next_message_id = 1
+
+    # --- establishment (PS3.8 9.3.2-9.3.4) ---------------------------------------
+
+    def negotiate(self) -> bool:
+        (length,) = struct.unpack(">I", recv_exact(self.sock, 6)[2:6])
+        rq = pdu.parse_associate_rq(bytes(recv_exact(self.sock, length)))
+        self.calling_ae = rq.calling_ae
+        self.peer_max_pdu = rq.max_pdu_length
+        metrics = self.archive.metrics.associations
+        rejection = None
+        if rq.application_context != pdu.APPLICATION_CONTEXT:
+            rejection = (1, 1, 2)  # permanent, service-user, application context not supported
+        elif rq.called_ae != self.archive.settings.aet:
+            log.warning("association from %s rejected: called AE title is not ours", rq.calling_ae)
+            rejection = (1, 1, 7)  # permanent, service-user, called AE title not recognised
+        elif not self._admit():
+            rejection = (2, 3, 2)  # transient, service-provider, local limit exceeded
+        if rejection:
+            self.sock.sendall(pdu.encode_associate_rj(*rejection))
+            metrics.labels("rejected").inc()
+            return False
+        results = []
+        for cx in rq.contexts:
+            ts = next((t for t in cx.transfer_syntaxes if t in _TRANSFER_SYNTAXES), None)
+            if ts is None:
+                results.append((cx.context_id, pdu.TRANSFER_SYNTAXES_NOT_SUPPORTED, ""))
+            else:
+                results.append((cx.context_id, pdu.ACCEPTED, ts))
+                self.contexts[cx.context_id] = (cx.abstract_syntax, ts)
+        self.roles = rq.roles
+        self.sock.sendall(pdu.encode_associate_ac(rq, results, MAX_PDU_LENGTH))
+        metrics.labels("accepted").inc()
+        return True
+
+    def run(self) -> None:
+        try:
+            if not self.negotiate():
+                return
+            try:
+                while self._serve_one_pdu():
+                    pass
+            finally:
+                self._release()
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            log.info("association from %s ended: %s", self.calling_ae or "?", exc)
+        except pdu.ProtocolError as exc:
+            log.warning("aborting association from %s: %s", self.calling_ae or "?", exc)
+            self.archive.metrics.associations.labels("aborted").inc()
+            try:
+                self.sock.sendall(pdu.encode_abort())
+            except OSError:
+                pass
+        finally:
+            self._drop_partial_message()
+            self.sock.close()
+
+    # --- receiving ------------------------------------------------------------------
+
+    def _read_pdu(self) -> tuple[int, bytearray]:
+        header = recv_exact(self.sock, 6)
+        (length,) = struct.unpack(">I", header[2:6])
+        if length > MAX_PDU_LENGTH + 16:
+            raise pdu.ProtocolError(f"PDU of {length} bytes exceeds the negotiated maximum")
+        return header[0], recv_exact(self.sock, length)
+
+    def _serve_one_pdu(self) -> bool:
+        """Handle the next PDU; False once the association is over."""
+        pdu_type, body = self._read_pdu()
+        if pdu_type == pdu.P_DATA_TF:
+            for context_id, control, data in pdu.iter_pdvs(body):
+                self._on_pdv(context_id, control, data)
+            return True
+        if pdu_type == pdu.A_RELEASE_RQ:
+            self.sock.sendall(pdu.encode_release_rp())
+            return False
+        if pdu_type == pdu.A_ABORT:
+            self.archive.metrics.associations.labels("aborted").inc()
+            return False
+        raise pdu.ProtocolError(f"unexpected PDU type {pdu_type:#04x}")
+
+    def _on_pdv(self, context_id: int, control: int, data: memoryview) -> None:
+        if context_id not in self.contexts:
+            raise pdu.ProtocolError(f"PDV on unaccepted presentation context {context_id}")
+        last = bool(control & 2)
+        if control & 1:
+            self._command += data
+            if last:
+                command = pdu.decode_command(bytes(self._command))
+                self._command.clear()
+                self._on_command(context_id, command)
+            return
+        message = self._message
+        if message is None:
+            raise pdu.ProtocolError("data set fragment without a request")
+        message.sink.write(data)
+        if message.path is None and message.sink.tell() > _MAX_IDENTIFIER:
+            raise pdu.ProtocolError("identifier too large")
+        if last:
+            self._message = None
+            if message.command.get(pdu.COMMAND_FIELD) == pdu.C_STORE_RQ:
+                message.sink.close()
+                self._finish_store(message)
+            else:
+                self._serve_get(message)
+
+    def _on_command(self, context_id: int, command: dict[int, int | str]) -> None:
+        field = command.get(pdu.COMMAND_FIELD)
+        if field == pdu.C_ECHO_RQ:
+            response = pdu.encode_response(pdu.C_ECHO_RSP, int(command.get(pdu.MESSAGE_ID, 0)), SUCCESS, VERIFICATION)
+            self._send_command(context_id, response)
+        elif field == pdu.C_CANCEL_RQ:
+            self._cancelled.add(int(command.get(pdu.RESPONDED_TO, 0)))
+        elif field in (pdu.C_STORE_RQ, pdu.C_GET_RQ):
+            if command.get(pdu.DATASET_TYPE) == pdu.NO_DATASET:
+                raise pdu.ProtocolError("request without its data set")
+            if field == pdu.C_STORE_RQ:
+                self._start_store(context_id, command)
+            else:
+                self._message = _Message(context_id, command, BytesIO(), None)
+        else:
+            raise pdu.ProtocolError(f"command {field!r} is not served on this association")
+
+    def _drop_partial_message(self) -> None:
+        message, self._message = self._message, None
+        if message is not None:
+            message.sink.close()
+            if message.path is not None:
+                message.path.unlink(missing_ok=True)
+
+    # --- C-STORE SCP ----------------------------------------------------------------
+
+    def _start_store(self, context_id: int, command: dict[int, int | str]) -> None:
+        abstract, ts = self.contexts[context_id]
+        path = self.archive.new_staging_file()
+        sink = open(path, "wb")
+        sop_class = str(command.get(pdu.AFFECTED_SOP_CLASS, abstract))
+        sop_instance = str(command.get(pdu.AFFECTED_SOP_INSTANCE, ""))
+        sink.write(pdu.file_meta(sop_class, sop_instance, ts, self.calling_ae))
+        self._message = _Message(context_id, command, sink, path)
+
+    def _finish_store(self, message: _Message) -> None:
+        command = message.command
+        sop_class = str(command.get(pdu.AFFECTED_SOP_CLASS, ""))
+        sop_instance = str(command.get(pdu.AFFECTED_SOP_INSTANCE, ""))
+        assert message.path is not None
+        with self.inflight:
+            result = self.archive.store_file(
+                message.path,
+                source_aet=self.calling_ae,
+                expected_sop_instance_uid=sop_instance or None,
+                expected_sop_class_uid=sop_class or None,
+            )
+        message.path.unlink(missing_ok=True)  # moved into the blob store, or rejected
+        status = status_for(result)
+        response = pdu.encode_response(
+            pdu.C_STORE_RSP,
+            int(command.get(pdu.MESSAGE_ID, 0)),
+            int(status.Status),
+            sop_class,
+            sop_instance,
+            status.get("ErrorComment"),
+        )
+        self._send_command(message.context_id, response)
+
+    # --- C-GET SCP (PS3.4 C.4.3) ----------------------------------------------------
+
+    def _serve_get(self, message: _Message) -> None:
+        command = message.command
+        message_id = int(command.get(pdu.MESSAGE_ID, 0))
+        sop_class = str(command.get(pdu.AFFECTED_SOP_CLASS, ""))
+        _abstract, ts = self.contexts[message.context_id]
+        uid = UID(ts)
+        tally = {pdu.COMPLETED: 0, pdu.FAILED: 0, pdu.WARNING: 0}
+        failed: list[str] = []
+
+        def respond(status: int, remaining: int | None, comment: str | None = None) -> None:
+            identifier = None
+            if failed and status != PENDING:
+                ds = Dataset()
+                ds.FailedSOPInstanceUIDList = failed
+                buffer = BytesIO()
+                write_dataset(buffer, ds, uid.is_implicit_VR, uid.is_little_endian)
+                identifier = buffer.getvalue()
+            elements: dict[int, int | str | None] = {
+                pdu.AFFECTED_SOP_CLASS: sop_class,
+                pdu.COMMAND_FIELD: pdu.C_GET_RSP,
+                pdu.RESPONDED_TO: message_id,
+                pdu.DATASET_TYPE: pdu.DATASET_PRESENT if identifier else pdu.NO_DATASET,
+                pdu.STATUS: status,
+                pdu.ERROR_COMMENT: comment,
+                pdu.REMAINING: remaining,
+                **tally,
+            }
+            self._send_command(message.context_id, pdu.encode_command(elements))
+            if identifier:
+                self._send_data(message.context_id, [identifier])
+
+        try:
+            matches = self._resolve(message, sop_class, uid)
+        except _Refused as refused:
+            log.warning("C-GET from %s refused (0x%04X): %s", self.calling_ae, refused.status, refused.comment)
+            respond(refused.status, None, refused.comment)
+            return
+        log.info("C-GET from %s: %d instance(s)", self.calling_ae, len(matches))
+        for index, stored in enumerate(matches):
+            if message_id in self._cancelled:
+                self._cancelled.discard(message_id)
+                respond(CANCELLED, len(matches) - index)
+                return
+            status = self._send_instance(stored)
+            if status == SUCCESS:
+                tally[pdu.COMPLETED] += 1
+            elif status is not None and (status & 0xF000) == 0xB000:
+                tally[pdu.WARNING] += 1
+            else:
+                tally[pdu.FAILED] += 1
+                failed.append(stored.sop_instance_uid)
+            if index + 1 < len(matches):
+                respond(PENDING, len(matches) - index - 1)
+        if not failed:
+            respond(SUCCESS, None)
+        elif tally[pdu.COMPLETED] or tally[pdu.WARNING]:
+            respond(SOME_FAILED, None)
+        else:
+            respond(ALL_FAILED, None)
+        log.info("C-GET from %s done: %d sent, %d failed", self.calling_ae, tally[pdu.COMPLETED], len(failed))
+
+    def _resolve(self, message: _Message, sop_class: str, uid: UID) -> list[StoredInstance]:
+        model = GET_MODELS.get(sop_class)
+        if model is None:
+            raise _Refused(IDENTIFIER_MISMATCH, "not a C-GET information model")
+        try:
+            identifier = read_dataset(BytesIO(message.sink.getvalue()), uid.is_implicit_VR, uid.is_little_endian)  # type: ignore[attr-defined]
+            request = parse_identifier(identifier, model)
+        except IdentifierError as exc:
+            raise _Refused(IDENTIFIER_MISMATCH, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001  (pydicom on a garbled identifier)
+            raise _Refused(UNABLE_TO_PROCESS, f"identifier cannot be decoded ({type(exc).__name__})") from None
+        try:
+            return find_instances(self.archive.engine, request)
+        except SQLAlchemyError as exc:
+            self.archive.metrics.errors.labels("retrieve-index").inc()
+            log.error("C-GET: index query failed: %s", exc)
+            raise _Refused(OUT_OF_RESOURCES, "index unavailable") from None
+
+    def _storage_context(self, stored: StoredInstance) -> int | None:
+        """A context for the stored SOP class and transfer syntax on which the peer
+        took the SCP role (PS3.4 C.4.3.1.4, PS3.7 D.3.3.4)."""
+        scp_role = self.roles.get(stored.sop_class_uid, (1, 0))[1]
+        if not scp_role:
+            return None
+        for context_id, (abstract, ts) in self.contexts.items():
+            if abstract == stored.sop_class_uid and ts == stored.transfer_syntax_uid:
+                return context_id
+        return None
+
+    def _send_instance(self, stored: StoredInstance) -> int | None:
+        """One C-STORE sub-operation with the stored bytes as they are; its status,
+        or None when it could not be attempted."""
+        context_id = self._storage_context(stored)
+        metrics = self.archive.metrics
+        if context_id is None:
+            log.info("C-GET: no context for %s in %s", stored.sop_class_uid, stored.transfer_syntax_uid)
+            metrics.retrieved.labels("failed").inc()
+            return None
+        message_id = self._next_message_id
+        self._next_message_id = message_id % 0xFFFF + 1
+        request = pdu.encode_command(
+            {
+                pdu.AFFECTED_SOP_CLASS: stored.sop_class_uid,
+                pdu.COMMAND_FIELD: pdu.C_STORE_RQ,
+                pdu.MESSAGE_ID: message_id,
+                pdu.PRIORITY: 0,
+                pdu.DATASET_TYPE: pdu.DATASET_PRESENT,
+                pdu.AFFECTED_SOP_INSTANCE: stored.sop_instance_uid,
+            }
+        )
+        try:
+            with self.archive.open_instance(stored) as blob:
+                offset = dataset_offset(blob)
+                self._send_command(context_id, request)
+                blob.seek(offset)
+                self._send_data(context_id, iter(lambda: blob.read(CHUNK), b""))
+        except (FileNotFoundError, MalformedDataset):
+            log.error("C-GET: blob of %s is missing or unreadable", stored.sop_instance_uid)
+            metrics.retrieved.labels("failed").inc()
+            metrics.errors.labels("blob-missing").inc()
+            return None
+        status = self._await_store_response(message_id)
+        metrics.retrieved.labels("sent" if status == SUCCESS else "failed").inc()
+        if status == SUCCESS:
+            metrics.retrieved_bytes.inc(stored.size)
+        return status
+
+    def _await_store_response(self, message_id: int) -> int:
+        """Read PDUs until the C-STORE-RSP for ``message_id`` (C-CANCELs noted meanwhile)."""
+        while True:
+            pdu_type, body = self._read_pdu()
+            if pdu_type != pdu.P_DATA_TF:
+                raise pdu.ProtocolError(f"association ended during a C-GET (PDU {pdu_type:#04x})")
+            for context_id, control, data in pdu.iter_pdvs(body):
+                if not control & 1:
+                    raise pdu.ProtocolError("unexpected data set during a C-GET")
+                self._command += data
+                if control & 2:
+                    command = pdu.decode_command(bytes(self._command))
+                    self._command.clear()
+                    field = command.get(pdu.COMMAND_FIELD)
+                    if field == pdu.C_CANCEL_RQ:
+                        self._cancelled.add(int(command.get(pdu.RESPONDED_TO, 0)))
+                    elif field == pdu.C_STORE_RSP and command.get(pdu.RESPONDED_TO) == message_id:
+                        return int(command.get(pdu.STATUS, 0xC000))
+                    else:
+                        raise pdu.ProtocolError(f"unexpected command {field!r} during a C-GET")
+
+    # --- sending ------------------------------------------------------------------
+
+    def _send_command(self, context_id: int, command: bytes) -> None:
+        self.sock.sendall(pdu.encode_pdata(context_id, command, command=True, last=True))
+
+    def _send_data(self, context_id: int, chunks) -> None:  # type: ignore[no-untyped-def]
+        """Send a data set as P-DATA-TF PDUs no larger than the peer accepts
+        (PS3.8 9.3.5: the maximum counts the PDU's variable part, PDV headers included)."""
+        limit = (self.peer_max_pdu or MAX_PDU_LENGTH) - 6
+        carry = b""
+        for chunk in chunks:
+            data = memoryview(carry + chunk if carry else chunk)
+            full = (len(data) - 1) // limit  # the tail waits: it may be the last fragment
+            if full:
+                self.sock.sendall(
+                    b"".join(
+                        pdu.encode_pdata(context_id, data[i * limit : (i + 1) * limit], command=False, last=False)
+                        for i in range(full)
+                    )
+                )
+            carry = bytes(data[full * limit :])
+        self.sock.sendall(pdu.encode_pdata(context_id, carry, command=False, last=True))
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, comment: str) -> None:
+        super().__init__(comment)
+        self.status = status
+        self.comment = comment
