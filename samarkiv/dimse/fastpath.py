@@ -20,7 +20,8 @@ from typing import BinaryIO
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
-from pydicom.uid import UID
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..core.archive import Archive
@@ -30,6 +31,7 @@ from ..index.retrieval import IdentifierError, InformationModel, find_instances,
 from ..storage.blobstore import CHUNK
 from . import pdu
 from .contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
+from .retrieve import transcode
 from .store import InFlight, status_for
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,23 @@ def is_fast(rq: pdu.AssociateRequest) -> bool:
         and all(uid in _STORAGE for uid in rq.roles)
         and not (rq.has_user_identity or rq.has_extended_negotiation)
     )
+
+
+# When we send (C-GET sub-operations) on a context with several proposed
+# syntaxes, the default syntax (PS3.5 A.1) comes first, as pynetdicom and
+# DCMTK acceptors choose it; the others follow the requestor's order, the
+# retired big endian last. Objects stored in another uncompressed syntax are
+# re-encoded on the way out.
+_SENDING_PREFERENCE = (ImplicitVRLittleEndian,)
+
+
+def _choose_transfer_syntax(context: pdu.ProposedContext, *, sending: bool) -> str | None:
+    """The requestor's first syntax we know (it knows best what it sends), or,
+    when we are the sender, the one most likely to match what is stored."""
+    known = [ts for ts in context.transfer_syntaxes if ts in _TRANSFER_SYNTAXES]
+    if sending:
+        known.sort(key=lambda ts: (ts not in _SENDING_PREFERENCE, ts == ExplicitVRBigEndian))
+    return known[0] if known else None
 
 
 def recv_exact(sock: socket.socket, size: int) -> bytearray:
@@ -121,7 +140,7 @@ class FastAssociation:
             return False
         results = []
         for cx in rq.contexts:
-            ts = next((t for t in cx.transfer_syntaxes if t in _TRANSFER_SYNTAXES), None)
+            ts = _choose_transfer_syntax(cx, sending=bool(rq.roles.get(cx.abstract_syntax, (0, 0))[1]))
             if ts is None:
                 results.append((cx.context_id, pdu.TRANSFER_SYNTAXES_NOT_SUPPORTED, ""))
             else:
@@ -278,9 +297,7 @@ class FastAssociation:
             if failed and status != PENDING:
                 ds = Dataset()
                 ds.FailedSOPInstanceUIDList = failed
-                buffer = BytesIO()
-                write_dataset(buffer, ds, uid.is_implicit_VR, uid.is_little_endian)
-                identifier = buffer.getvalue()
+                identifier = encode_dataset(ds, uid)
             elements: dict[int, int | str | None] = {
                 pdu.AFFECTED_SOP_CLASS: sop_class,
                 pdu.COMMAND_FIELD: pdu.C_GET_RSP,
@@ -343,23 +360,28 @@ class FastAssociation:
             log.error("C-GET: index query failed: %s", exc)
             raise _Refused(OUT_OF_RESOURCES, "index unavailable") from None
 
-    def _storage_context(self, stored: StoredInstance) -> int | None:
-        """A context for the stored SOP class and transfer syntax on which the peer
-        took the SCP role (PS3.4 C.4.3.1.4, PS3.7 D.3.3.4)."""
-        scp_role = self.roles.get(stored.sop_class_uid, (1, 0))[1]
-        if not scp_role:
+    def _storage_context(self, stored: StoredInstance) -> tuple[int, bool] | None:
+        """(context id, send as stored?) for the stored object, on a context where
+        the peer took the SCP role (PS3.4 C.4.3.1.4, PS3.7 D.3.3.4). An uncompressed
+        object may be re-encoded in another uncompressed syntax the peer accepted."""
+        if not self.roles.get(stored.sop_class_uid, (0, 0))[1]:
             return None
-        for context_id, (abstract, ts) in self.contexts.items():
-            if abstract == stored.sop_class_uid and ts == stored.transfer_syntax_uid:
-                return context_id
+        candidates = {ts: cid for cid, (abstract, ts) in self.contexts.items() if abstract == stored.sop_class_uid}
+        if stored.transfer_syntax_uid in candidates:
+            return candidates[stored.transfer_syntax_uid], True
+        if UID(stored.transfer_syntax_uid).is_compressed:
+            return None
+        for preferred in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian):
+            if preferred in candidates:
+                return candidates[preferred], False
         return None
 
     def _send_instance(self, stored: StoredInstance) -> int | None:
         """One C-STORE sub-operation with the stored bytes as they are; its status,
         or None when it could not be attempted."""
-        context_id = self._storage_context(stored)
+        choice = self._storage_context(stored)
         metrics = self.archive.metrics
-        if context_id is None:
+        if choice is None:
             log.info("C-GET: no context for %s in %s", stored.sop_class_uid, stored.transfer_syntax_uid)
             metrics.retrieved.labels("failed").inc()
             return None
@@ -375,12 +397,16 @@ class FastAssociation:
                 pdu.AFFECTED_SOP_INSTANCE: stored.sop_instance_uid,
             }
         )
+        context_id, as_stored = choice
         try:
             with self.archive.open_instance(stored) as blob:
-                offset = dataset_offset(blob)
+                if as_stored:
+                    blob.seek(dataset_offset(blob))
+                    chunks = iter(lambda: blob.read(CHUNK), b"")
+                else:
+                    chunks = iter([self._reencoded(stored, UID(self.contexts[context_id][1]))])
                 self._send_command(context_id, request)
-                blob.seek(offset)
-                self._send_data(context_id, iter(lambda: blob.read(CHUNK), b""))
+                self._send_data(context_id, chunks)
         except (FileNotFoundError, MalformedDataset):
             log.error("C-GET: blob of %s is missing or unreadable", stored.sop_instance_uid)
             metrics.retrieved.labels("failed").inc()
@@ -391,6 +417,13 @@ class FastAssociation:
         if status == SUCCESS:
             metrics.retrieved_bytes.inc(stored.size)
         return status
+
+    def _reencoded(self, stored: StoredInstance, target: UID) -> bytes:
+        """The stored uncompressed object encoded in ``target`` (PS3.5 A.1-A.3)."""
+        path = self.archive.instance_path(stored)
+        if path is None:
+            raise FileNotFoundError(stored.blob_key)
+        return encode_dataset(transcode(path, target), target)
 
     def _await_store_response(self, message_id: int) -> int:
         """Read PDUs until the C-STORE-RSP for ``message_id`` (C-CANCELs noted meanwhile)."""
@@ -435,6 +468,15 @@ class FastAssociation:
                 )
             carry = bytes(data[full * limit :])
         self.sock.sendall(pdu.encode_pdata(context_id, carry, command=False, last=True))
+
+
+def encode_dataset(ds: Dataset, transfer_syntax: UID) -> bytes:
+    """``ds`` encoded in an uncompressed ``transfer_syntax``, without File Meta."""
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR = transfer_syntax.is_implicit_VR
+    buffer.is_little_endian = transfer_syntax.is_little_endian
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
 
 
 class _Refused(Exception):
