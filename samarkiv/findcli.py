@@ -1,9 +1,156 @@
-"""Placeholder: ``samarkiv find``, filled in by the query work."""
+"""``samarkiv find``: query the catalogue from the shell, through index/query.py.
 
-from __future__ import annotations
+Keys are written ``Keyword=value`` with the C-FIND matching rules (PS3.4
+C.2.2.2): ``PatientName=DOE^*``, ``StudyDate=20200101-20201231``,
+``ModalitiesInStudy=CT\\MR``; a bare ``Keyword`` is returned without matching.
+"""
+
+# No ``from __future__ import annotations``: typer evaluates the command's
+# annotations, and the option aliases are imported inside register().
+import json
+from typing import Annotated, Any, Optional
 
 import typer
+
+# The columns shown for each level, besides any key given on the command line.
+TABLE_KEYS: dict[str, tuple[str, ...]] = {
+    "PATIENT": ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "NumberOfPatientRelatedStudies"),
+    "STUDY": (
+        "PatientID",
+        "PatientName",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "StudyDescription",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+        "StudyInstanceUID",
+    ),
+    "SERIES": (
+        "StudyInstanceUID",
+        "SeriesNumber",
+        "Modality",
+        "SeriesDescription",
+        "NumberOfSeriesRelatedInstances",
+        "SeriesInstanceUID",
+    ),
+    "IMAGE": ("SeriesInstanceUID", "InstanceNumber", "SOPClassUID", "Rows", "Columns", "NumberOfFrames", "SOPInstanceUID"),
+}
+
+
+_LEVEL_ALIASES = {"INSTANCE": "IMAGE", "STUDIES": "STUDY", "INSTANCES": "IMAGE", "PATIENTS": "PATIENT"}
+
+
+class UsageError(ValueError):
+    """Bad command-line input (exit status 2)."""
+
+
+def parse_keys(arguments: list[str]) -> dict[str, str]:
+    """``Keyword=value`` (or a bare ``Keyword``) arguments -> {keyword: value}."""
+    from .index.query import is_keyword
+
+    keys: dict[str, str] = {}
+    for argument in arguments:
+        keyword, _, value = argument.partition("=")
+        keyword = keyword.strip()
+        if not is_keyword(keyword):
+            raise UsageError(f"unknown DICOM keyword {keyword!r} (use keywords such as PatientID, StudyDate)")
+        keys[keyword] = value
+    return keys
+
+
+def plain(value: Any) -> Any:
+    """A response value as JSON-friendly data: text, numbers, lists, nested objects."""
+    from pydicom.dataset import Dataset
+    from pydicom.multival import MultiValue
+    from pydicom.sequence import Sequence
+
+    if value is None or value == "":
+        return None
+    if isinstance(value, Sequence):
+        return [as_dict(item) for item in value]
+    if isinstance(value, Dataset):
+        return as_dict(value)
+    if isinstance(value, (list, MultiValue)):
+        return [plain(v) for v in value]
+    if isinstance(value, (int, float)):
+        return int(value) if float(value).is_integer() else float(value)
+    return str(value)
+
+
+def as_dict(ds: Any) -> dict[str, Any]:
+    return {elem.keyword: plain(elem.value) for elem in ds if elem.keyword and elem.keyword != "SpecificCharacterSet"}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return "\\".join(_cell(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``find`` command to ``app``."""
+    from .cli import ConfigOpt, DataOpt, IndexOpt, _fail, console, open_archive, settings_from
+
+    @app.command("find")
+    def find(
+        keys: Annotated[
+            Optional[list[str]],
+            typer.Argument(help='Matching keys, e.g. PatientID=123 "PatientName=DOE^*" StudyDate=20200101-20201231.'),
+        ] = None,
+        level: Annotated[str, typer.Option("--level", "-l", help="patient, study, series or image.")] = "study",
+        limit: Annotated[Optional[int], typer.Option(help="At most this many matches.", min=0)] = None,
+        offset: Annotated[int, typer.Option(help="Skip this many matches first.", min=0)] = 0,
+        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+        config: ConfigOpt = None,
+        data: DataOpt = None,
+        index_url: IndexOpt = None,
+    ) -> None:
+        """Query the archive like a C-FIND (PS3.4 C.2.2.2 matching) and print the matches."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from .index.query import Level, Model, Query, QueryError, prepare
+
+        try:
+            query_level = Level(_LEVEL_ALIASES.get(level.strip().upper(), level.strip().upper()))
+        except ValueError:
+            raise _fail(f"unknown level {level!r}: use patient, study, series or image") from None
+        try:
+            matching = parse_keys(list(keys or []))
+        except UsageError as exc:
+            raise _fail(str(exc)) from None
+        model = Model.PATIENT_ROOT if query_level is Level.PATIENT else Model.STUDY_ROOT
+        shown = [*TABLE_KEYS[query_level.value], *(k.split(".")[0] for k in matching)]
+        query = Query(query_level, matching, tuple(TABLE_KEYS[query_level.value]), model, limit, offset)
+        archive = open_archive(settings_from(config, data=data, index_url=index_url))
+        try:
+            prepared = prepare(query, archive.engine.dialect.name)
+            rows = [as_dict(ds) for ds in prepared.run(archive.engine)]
+        except QueryError as exc:
+            raise _fail(str(exc)) from None
+        except SQLAlchemyError as exc:
+            raise _fail(f"cannot read the index: {type(exc).__name__}", 1) from None
+        finally:
+            archive.close()
+        if as_json:
+            typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+            return
+        _print_table(console, query_level.value, list(dict.fromkeys(shown)), rows, prepared.unmatched)
+
+
+def _print_table(console: Any, level: str, columns: list[str], rows: list[dict[str, Any]], unmatched: tuple[str, ...]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} {level.lower()} match(es)")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(row.get(column)) for column in columns))
+    console.print(table)
+    if unmatched:
+        console.print(f"[yellow]not matched (no index column): {', '.join(unmatched)}[/yellow]")

@@ -275,19 +275,43 @@ def assert_same_content(original: Path, received: Path) -> None:
         assert (after.pixel_array == before.pixel_array).all()
 
 
-# --- C-MOVE ----------------------------------------------------------------------------------
-
-
 def uids(samples: list[Sample]) -> set[str]:
     return {s.sop_instance for s in samples}
 
 
-def test_move_every_level_sends_stored_bytes(stored_archive, storescp, selection):
+def scu_ae() -> AE:
+    ae = AE(ae_title="TESTSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    return ae
+
+
+def identifier(**keys: str) -> Dataset:
+    ds = Dataset()
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def final_status(responses) -> Dataset:  # type: ignore[no-untyped-def]
+    statuses = [status for status, _identifier in responses]
+    assert statuses and all("Status" in s for s in statuses)
+    return statuses[-1]
+
+
+# --- C-MOVE ----------------------------------------------------------------------------------
+
+
+def test_move(stored_archive, storescp, selection):
+    """Every level and both models to a config node, bit for bit; conversion
+    and failure counting to a ``nodes add`` node that takes implicit VR only;
+    refusals."""
     dest = storescp("DEST", "+xa")  # accepts every transfer syntax
+    implicit_only = storescp("DEST2", "+xi")
     server = stored_archive(dest.node_config())
     study, series, images = selection.study, selection.series, selection.images
+    study_key = f"StudyInstanceUID={study[0].study}"
 
-    final = movescu(server, "DEST", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study[0].study}")
+    final = movescu(server, "DEST", "QueryRetrieveLevel=STUDY", study_key)
     assert (final.status, final.completed, final.failed) == (0x0000, len(study), 0), final.output
     received = dest.take()
     assert set(received) == uids(study)
@@ -314,48 +338,51 @@ def test_move_every_level_sends_stored_bytes(stored_archive, storescp, selection
     assert_byte_identical(server, received)
 
     # Patient Root below the PATIENT level: the Patient ID narrows the match.
-    study_key = f"StudyInstanceUID={study[0].study}"
     right = movescu(server, "DEST", "QueryRetrieveLevel=STUDY", f"PatientID={study[0].patient_id}", study_key, model="-P")
     assert (right.status, right.completed) == (0x0000, len(study))
     wrong = movescu(server, "DEST", "QueryRetrieveLevel=STUDY", "PatientID=nobody", study_key, model="-P")
     assert (wrong.status, wrong.completed) == (0x0000, 0)
     assert set(dest.take()) == uids(study)
 
-    sent = 2 * len(study) + len(series) + len(images) + len(patient)
-    metrics = httpx.get(f"{server.http}/metrics").text
-    assert f'samarkiv_retrieved_instances_total{{outcome="sent"}} {float(sent)}' in metrics
-
-
-def test_move_to_cli_node_converts_uncompressed_and_fails_compressed(stored_archive, storescp, selection):
-    dest = storescp("DEST2", "+xi")  # implicit VR little endian only
-    server = stored_archive()
-    study = selection.study
-    study_key = f"StudyInstanceUID={study[0].study}"
+    # DEST2 is unknown until added with the CLI; it takes implicit VR only.
     assert movescu(server, "DEST2", "QueryRetrieveLevel=STUDY", study_key).status == 0xA801
-    server.cli("nodes", "add", "DEST2", "127.0.0.1", str(dest.port))
-
+    server.cli("nodes", "add", "DEST2", "127.0.0.1", str(implicit_only.port))
     compressed = {s.sop_instance for s in study if s.compressed}
     final = movescu(server, "DEST2", "QueryRetrieveLevel=STUDY", study_key)
     assert final.status == 0xB000, final.output
     assert (final.completed, final.failed) == (len(study) - len(compressed), len(compressed))
     assert set(final.failed_uids) == compressed
-    received = dest.take()
-    assert set(received) == uids(study) - compressed
-    by_uid = {s.sop_instance: s for s in selection.stored}
-    for uid, path in received.items():
-        assert_same_content(by_uid[uid].path, path)
-        assert transfer_syntax_of(path) == "1.2.840.10008.1.2"
-
-    others = [s for s in selection.images if s.transfer_syntax != "1.2.840.10008.1.2"]  # big endian, deflated
+    others = [s for s in images if s.transfer_syntax != "1.2.840.10008.1.2"]  # big endian, deflated
     final = movescu(server, "DEST2", "QueryRetrieveLevel=IMAGE", "SOPInstanceUID=" + "\\".join(uids(others)))
     assert (final.status, final.completed) == (0x0000, len(others)), final.output
-    received = dest.take()
-    assert set(received) == uids(others)
+    received = implicit_only.take()
+    assert set(received) == uids(study) - compressed | uids(others)
+    by_uid = {s.sop_instance: s for s in selection.stored}
     for uid, path in received.items():
+        assert transfer_syntax_of(path) == "1.2.840.10008.1.2"
         assert_same_content(by_uid[uid].path, path)
 
+    sent = 2 * len(study) + len(series) + len(images) + len(patient) + len(received)
     metrics = httpx.get(f"{server.http}/metrics").text
+    assert f'samarkiv_retrieved_instances_total{{outcome="sent"}} {float(sent)}' in metrics
     assert f'samarkiv_retrieved_instances_total{{outcome="failed"}} {float(len(compressed))}' in metrics
+
+    ae = scu_ae()
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.aet)
+    assert assoc.is_established
+    try:
+        def move(ds: Dataset, destination: str = "DEST") -> Dataset:
+            return final_status(assoc.send_c_move(ds, destination, StudyRootQueryRetrieveInformationModelMove))
+
+        assert move(identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID=study[0].study), "NOWHERE").Status == 0xA801
+        assert move(identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.*")).Status == 0xA900
+        assert move(identifier(QueryRetrieveLevel="IMAGE", StudyInstanceUID=study[0].study)).Status == 0xA900
+        nothing = move(identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.3"))
+        assert (nothing.Status, nothing.NumberOfCompletedSuboperations, nothing.NumberOfFailedSuboperations) == (0, 0, 0)
+    finally:
+        assoc.release()
+    assert dest.take() == {}
 
 
 # --- C-GET ------------------------------------------------------------------------------------
@@ -370,7 +397,36 @@ def received_files(out: Path) -> dict[str, Path]:
     return {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in out.iterdir()}
 
 
-def test_get_sends_over_the_requestors_association(stored_archive, selection, tmp_path):
+def pynetdicom_get(server, query: Dataset, sop_classes: set[str]) -> tuple[Dataset, list[str], list[str]]:  # type: ignore[no-untyped-def]
+    """C-GET offering ``sop_classes`` in uncompressed syntaxes only: the final
+    status, its Failed SOP Instance UID List and the UIDs received."""
+    received: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    ae = scu_ae()
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    for sop_class in sorted(sop_classes):
+        ae.add_requested_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    roles = [build_role(sop_class, scp_role=True) for sop_class in sorted(sop_classes)]
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.aet, ext_neg=roles,
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])  # fmt: skip
+    assert assoc.is_established
+    try:
+        responses = list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))
+    finally:
+        assoc.release()
+    status, final_identifier = responses[-1]
+    failed = final_identifier.get("FailedSOPInstanceUIDList", []) if final_identifier is not None else []
+    return status, [failed] if isinstance(failed, str) else list(failed), received
+
+
+def test_get(stored_archive, selection, tmp_path):
+    """C-STOREs over the requestor's association, as stored when the negotiated
+    syntax allows, re-encoded between uncompressed syntaxes, failed otherwise;
+    refusals."""
     server = stored_archive()
 
     implicit = selection.implicit
@@ -388,7 +444,6 @@ def test_get_sends_over_the_requestors_association(stored_archive, selection, tm
     final = getscu(server, out, "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study[0].study}")
     assert final.status == 0xB000, final.output
     assert (final.completed, final.failed) == (len(study) - len(compressed), len(compressed))
-    assert set(final.failed_uids) == compressed
     received = received_files(out)
     assert set(received) == uids(study) - compressed
     by_uid = {s.sop_instance: s for s in study}
@@ -404,49 +459,25 @@ def test_get_sends_over_the_requestors_association(stored_archive, selection, tm
     finally:
         archive.close()
 
-
-# --- refusals ---------------------------------------------------------------------------------
-
-
-def scu_ae() -> AE:
-    ae = AE(ae_title="TESTSCU")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    return ae
-
-
-def identifier(**keys: str) -> Dataset:
-    ds = Dataset()
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
-def final_status(responses) -> Dataset:  # type: ignore[no-untyped-def]
-    statuses = [status for status, _identifier in responses]
-    assert statuses and all("Status" in s for s in statuses)
-    return statuses[-1]
-
-
-def test_refusals_and_empty_matches(make_archive, storescp):
-    dest = storescp("DEST")
-    server = make_archive(dest.node_config())
-    unknown = movescu(server, "NOWHERE", "QueryRetrieveLevel=STUDY", "StudyInstanceUID=1.2.3")
-    assert unknown.status == 0xA801
+    # getscu does not read the final response's identifier; pynetdicom shows
+    # the Failed SOP Instance UID List (PS3.4 C.4.3.1.3.2).
+    sop_classes = {str(pydicom.dcmread(s.path, stop_before_pixels=True).SOPClassUID) for s in study}
+    query = identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID=study[0].study)
+    status, failed, got = pynetdicom_get(server, query, sop_classes)
+    assert status.Status == 0xB000
+    assert (status.NumberOfCompletedSuboperations, status.NumberOfFailedSuboperations) == (len(got), len(compressed))
+    assert set(failed) == compressed
+    assert set(got) == uids(study) - compressed
 
     ae = scu_ae()
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     ae.add_requested_context(PatientRootQueryRetrieveInformationModelGet)
     assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.aet)
     assert assoc.is_established
     try:
-        def move(ds: Dataset, destination: str = "DEST") -> Dataset:
-            return final_status(assoc.send_c_move(ds, destination, StudyRootQueryRetrieveInformationModelMove))
-
         def get(ds: Dataset, model: str = StudyRootQueryRetrieveInformationModelGet) -> Dataset:
             return final_status(assoc.send_c_get(ds, model))
 
-        assert move(identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.3"), "NOWHERE").Status == 0xA801
         bad = [
             identifier(StudyInstanceUID="1.2.3"),  # no level
             identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.*"),  # wildcard
@@ -457,23 +488,18 @@ def test_refusals_and_empty_matches(make_archive, storescp):
         ]
         for ds in bad:
             assert get(ds).Status == 0xA900, ds
-        assert move(bad[1]).Status == 0xA900
         assert get(identifier(QueryRetrieveLevel="PATIENT"), PatientRootQueryRetrieveInformationModelGet).Status == 0xA900
-
         for status in (
-            move(identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.3")),
             get(identifier(QueryRetrieveLevel="IMAGE", SOPInstanceUID="1.2.3\\1.2.4")),
             get(identifier(QueryRetrieveLevel="PATIENT", PatientID="nobody"), PatientRootQueryRetrieveInformationModelGet),
         ):
-            assert status.Status == 0x0000
-            assert status.NumberOfCompletedSuboperations == 0
-            assert status.NumberOfFailedSuboperations == 0
+            assert (status.Status, status.NumberOfCompletedSuboperations, status.NumberOfFailedSuboperations) == (0, 0, 0)
     finally:
         assoc.release()
-    assert dest.take() == {}
 
 
 # --- C-CANCEL ---------------------------------------------------------------------------------
+
 
 MANY = 30
 
@@ -506,41 +532,17 @@ def assert_cancelled(status: Dataset, received: int) -> None:
     assert received + remaining + status.NumberOfFailedSuboperations + status.NumberOfWarningSuboperations == MANY
 
 
-def test_cancel_get(archive, many_instances):
+def test_cancel(make_archive, many_instances):
+    """A C-CANCEL during a C-GET and during a C-MOVE ends it with 0xFE00 and counts
+    that add up (PS3.4 C.4.2.3.1, C.4.3.3.1)."""
     sop_class, study, files = many_instances
-    assert storescu(archive, *files).returncode == 0
-    received: list[str] = []
-
-    def on_store(event: evt.Event) -> int:
-        received.append(event.request.AffectedSOPInstanceUID)
-        if len(received) == 1:  # cancel before answering the first sub-operation
-            event.assoc.send_c_cancel(1, query_model=StudyRootQueryRetrieveInformationModelGet)
-        return 0x0000
-
-    ae = scu_ae()
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(sop_class)
-    assoc = ae.associate(
-        "127.0.0.1", archive.dicom_port, ae_title=archive.aet,
-        ext_neg=[build_role(sop_class, scp_role=True)], evt_handlers=[(evt.EVT_C_STORE, on_store)],
-    )  # fmt: skip
-    assert assoc.is_established
-    try:
-        query = identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID=study)
-        responses = assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet, msg_id=1)
-        assert_cancelled(final_status(responses), len(received))
-    finally:
-        assoc.release()
-
-
-def test_cancel_move(make_archive, many_instances):
-    sop_class, study, files = many_instances
+    query = identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID=study)
     first_store, cancel_sent = threading.Event(), threading.Event()
-    received: list[str] = []
+    moved: list[str] = []
 
-    def on_store(event: evt.Event) -> int:
-        received.append(event.request.AffectedSOPInstanceUID)
-        if len(received) == 1:  # hold the first sub-operation until the C-CANCEL is out
+    def on_moved(event: evt.Event) -> int:
+        moved.append(event.request.AffectedSOPInstanceUID)
+        if len(moved) == 1:  # hold the first sub-operation until the C-CANCEL is out
             first_store.set()
             cancel_sent.wait(10)
         return 0x0000
@@ -549,27 +551,44 @@ def test_cancel_move(make_archive, many_instances):
     dest_ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     port = free_port()
     dest = dest_ae.start_server(
-        ("127.0.0.1", port), block=False, ae_title="CANCELDEST", evt_handlers=[(evt.EVT_C_STORE, on_store)]
+        ("127.0.0.1", port), block=False, ae_title="CANCELDEST", evt_handlers=[(evt.EVT_C_STORE, on_moved)]
     )
     try:
         server = make_archive(f'[[nodes]]\naet = "CANCELDEST"\nhost = "127.0.0.1"\nport = {port}\n')
         assert storescu(server, *files).returncode == 0
+
+        got: list[str] = []
+
+        def on_got(event: evt.Event) -> int:
+            got.append(event.request.AffectedSOPInstanceUID)
+            if len(got) == 1:  # cancel before answering the first sub-operation
+                event.assoc.send_c_cancel(1, query_model=StudyRootQueryRetrieveInformationModelGet)
+            return 0x0000
+
         ae = scu_ae()
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-        assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.aet)
+        ae.add_requested_context(sop_class)
+        assoc = ae.associate(
+            "127.0.0.1", server.dicom_port, ae_title=server.aet,
+            ext_neg=[build_role(sop_class, scp_role=True)], evt_handlers=[(evt.EVT_C_STORE, on_got)],
+        )  # fmt: skip
         assert assoc.is_established
 
-        def cancel() -> None:
+        def cancel_move() -> None:
             if first_store.wait(30):
-                assoc.send_c_cancel(1, query_model=StudyRootQueryRetrieveInformationModelMove)
+                assoc.send_c_cancel(2, query_model=StudyRootQueryRetrieveInformationModelMove)
                 cancel_sent.set()
 
-        canceller = threading.Thread(target=cancel, daemon=True)
+        canceller = threading.Thread(target=cancel_move, daemon=True)
         canceller.start()
         try:
-            query = identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID=study)
-            responses = assoc.send_c_move(query, "CANCELDEST", StudyRootQueryRetrieveInformationModelMove, msg_id=1)
-            assert_cancelled(final_status(responses), len(received))
+            status = final_status(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet, msg_id=1))
+            assert_cancelled(status, len(got))
+            status = final_status(
+                assoc.send_c_move(query, "CANCELDEST", StudyRootQueryRetrieveInformationModelMove, msg_id=2)
+            )
+            assert_cancelled(status, len(moved))
         finally:
             assoc.release()
             canceller.join(5)

@@ -9,7 +9,6 @@ then answer.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 import uuid

@@ -431,7 +431,7 @@ class FastAssociation:
             pdu_type, body = self._read_pdu()
             if pdu_type != pdu.P_DATA_TF:
                 raise pdu.ProtocolError(f"association ended during a C-GET (PDU {pdu_type:#04x})")
-            for context_id, control, data in pdu.iter_pdvs(body):
+            for _context_id, control, data in pdu.iter_pdvs(body):
                 if not control & 1:
                     raise pdu.ProtocolError("unexpected data set during a C-GET")
                 self._command += data

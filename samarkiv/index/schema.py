@@ -52,6 +52,16 @@ patients = Table(
     UniqueConstraint("patient_id", "issuer_of_patient_id", name="uq_patients_id_issuer"),
 )
 Index("ix_patients_name_norm", patients.c.patient_name_norm)
+# Wildcard matching (PS3.4 C.2.2.2.4) is LIKE 'prefix%' on PostgreSQL, which uses
+# a plain index only under the C collation; SQLite's GLOB uses the plain ones.
+Index(
+    "ix_patients_name_norm_pattern",
+    patients.c.patient_name_norm,
+    postgresql_ops={"patient_name_norm": "varchar_pattern_ops"},
+).ddl_if(dialect="postgresql")
+Index(
+    "ix_patients_id_pattern", patients.c.patient_id, postgresql_ops={"patient_id": "varchar_pattern_ops"}
+).ddl_if(dialect="postgresql")
 
 studies = Table(
     "studies",
@@ -72,6 +82,11 @@ studies = Table(
 Index("ix_studies_patient", studies.c.patient_pk)
 Index("ix_studies_date", studies.c.study_date)
 Index("ix_studies_accession", studies.c.accession_number)
+Index(
+    "ix_studies_accession_pattern",
+    studies.c.accession_number,
+    postgresql_ops={"accession_number": "varchar_pattern_ops"},
+).ddl_if(dialect="postgresql")
 
 series = Table(
     "series",
