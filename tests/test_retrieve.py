@@ -397,7 +397,13 @@ def received_files(out: Path) -> dict[str, Path]:
     return {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in out.iterdir()}
 
 
-def pynetdicom_get(server, query: Dataset, sop_classes: set[str]) -> tuple[Dataset, list[str], list[str]]:  # type: ignore[no-untyped-def]
+# An association that proposes only Storage, Verification and C-GET is served
+# by samarkiv's own fast path (dimse/fastpath.py); one that also proposes
+# C-MOVE goes to pynetdicom and dimse/retrieve.py. Both are checked.
+ROUTES = {"fast path": [], "pynetdicom": [StudyRootQueryRetrieveInformationModelMove]}
+
+
+def pynetdicom_get(server, query: Dataset, sop_classes: set[str], route: str) -> tuple[Dataset, list[str], list[str]]:  # type: ignore[no-untyped-def]
     """C-GET offering ``sop_classes`` in uncompressed syntaxes only: the final
     status, its Failed SOP Instance UID List and the UIDs received."""
     received: list[str] = []
@@ -408,6 +414,8 @@ def pynetdicom_get(server, query: Dataset, sop_classes: set[str]) -> tuple[Datas
 
     ae = scu_ae()
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    for model in ROUTES[route]:
+        ae.add_requested_context(model)
     for sop_class in sorted(sop_classes):
         ae.add_requested_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
     roles = [build_role(sop_class, scp_role=True) for sop_class in sorted(sop_classes)]
@@ -463,15 +471,22 @@ def test_get(stored_archive, selection, tmp_path):
     # the Failed SOP Instance UID List (PS3.4 C.4.3.1.3.2).
     sop_classes = {str(pydicom.dcmread(s.path, stop_before_pixels=True).SOPClassUID) for s in study}
     query = identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID=study[0].study)
-    status, failed, got = pynetdicom_get(server, query, sop_classes)
-    assert status.Status == 0xB000
-    assert (status.NumberOfCompletedSuboperations, status.NumberOfFailedSuboperations) == (len(got), len(compressed))
-    assert set(failed) == compressed
-    assert set(got) == uids(study) - compressed
+    for route in ROUTES:
+        status, failed, got = pynetdicom_get(server, query, sop_classes, route)
+        assert status.Status == 0xB000, route
+        assert (status.NumberOfCompletedSuboperations, status.NumberOfFailedSuboperations) == (len(got), len(compressed))
+        assert set(failed) == compressed, route
+        assert set(got) == uids(study) - compressed, route
+        check_get_refusals(server, route)
 
+
+def check_get_refusals(server, route: str) -> None:  # type: ignore[no-untyped-def]
+    """Bad identifiers get 0xA900; nothing matching is a success with no sub-operations."""
     ae = scu_ae()
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     ae.add_requested_context(PatientRootQueryRetrieveInformationModelGet)
+    for model in ROUTES[route]:
+        ae.add_requested_context(model)
     assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.aet)
     assert assoc.is_established
     try:
@@ -487,7 +502,7 @@ def test_get(stored_archive, selection, tmp_path):
             identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.3", SOPInstanceUID="1.2.4"),
         ]
         for ds in bad:
-            assert get(ds).Status == 0xA900, ds
+            assert get(ds).Status == 0xA900, (route, ds)
         assert get(identifier(QueryRetrieveLevel="PATIENT"), PatientRootQueryRetrieveInformationModelGet).Status == 0xA900
         for status in (
             get(identifier(QueryRetrieveLevel="IMAGE", SOPInstanceUID="1.2.3\\1.2.4")),
