@@ -166,14 +166,13 @@ class Archive:
                 self.blobs.put_file(key, path)
             try:
                 self._commit(parsed, key, size, digest, source_aet, replace)
-            except PatientConflict as exc:
+            except PatientConflict:
                 self._discard(key)
                 return StoreResult(
                     StoreOutcome.REJECTED,
                     uid,
                     RejectReason.PATIENT_CONFLICT,
-                    f"study {parsed.study_instance_uid} is filed under another Patient ID "
-                    f"({exc.existing_patient_id!r})",
+                    "the study is filed under another Patient ID",  # no patient data in logs
                 )
             except InstanceExists:
                 continue  # another association committed this UID meanwhile: decide again

@@ -408,7 +408,7 @@ class FastAssociation:
                 self._send_command(context_id, request)
                 self._send_data(context_id, chunks)
         except (FileNotFoundError, MalformedDataset):
-            log.error("C-GET: blob of %s is missing or unreadable", stored.sop_instance_uid)
+            log.error("C-GET: blob %s is missing or unreadable", stored.blob_key)
             metrics.retrieved.labels("failed").inc()
             metrics.errors.labels("blob-missing").inc()
             return None

@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 _config.STORE_RECV_CHUNKED_DATASET = True
 # C-GET/C-MOVE send stored files as they are, without decoding them.
 _config.STORE_SEND_CHUNKED_DATASET = True
-# Identifiers may carry values pynetdicom's validators dislike; the core judges.
+# No patient data in logs above DEBUG: pynetdicom would log every identifier
+# (Patient ID, names) and a few lines per sub-operation at INFO.
 _config.LOG_HANDLER_LEVEL = "none"
+_config.LOG_REQUEST_IDENTIFIERS = False
+logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
 # Each service module adds its presentation contexts and returns its handlers.
