@@ -1,4 +1,4 @@
-"""Associations served by our own Upper Layer code: C-ECHO, C-STORE and C-GET.
+"""Associations served by our own Upper Layer code: C-ECHO, C-STORE, C-FIND, C-GET.
 
 These are the hot paths (a modality sending, a viewer or PACS pulling a study),
 and pynetdicom's 1 ms polling sleeps cap them far below what the archive can
@@ -11,6 +11,7 @@ PS3.4 C.4.3 (C-GET SCP behaviour).
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import struct
 from io import BytesIO
@@ -27,10 +28,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..core.archive import Archive
 from ..index.catalog import StoredInstance
 from ..core.structure import MalformedDataset, dataset_offset
+from ..index.query import QueryError
 from ..index.retrieval import IdentifierError, InformationModel, find_instances, parse_identifier
 from ..storage.blobstore import CHUNK
 from . import pdu
 from .contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
+from .find import MODELS as FIND_MODELS
+from .find import PENDING_WARNING, answer
 from .retrieve import transcode
 from .store import InFlight, status_for
 
@@ -41,7 +45,7 @@ GET_MODELS = {
     "1.2.840.10008.5.1.4.1.2.1.3": InformationModel.PATIENT_ROOT,
     "1.2.840.10008.5.1.4.1.2.2.3": InformationModel.STUDY_ROOT,
 }
-FAST_SYNTAXES = frozenset(STORAGE_SOP_CLASSES) | {VERIFICATION} | set(GET_MODELS)
+FAST_SYNTAXES = frozenset(STORAGE_SOP_CLASSES) | {VERIFICATION} | set(GET_MODELS) | set(FIND_MODELS)
 _STORAGE = frozenset(STORAGE_SOP_CLASSES)
 _TRANSFER_SYNTAXES = frozenset(TRANSFER_SYNTAXES)
 _MAX_IDENTIFIER = 1 << 20
@@ -53,7 +57,7 @@ IDENTIFIER_MISMATCH, UNABLE_TO_PROCESS, OUT_OF_RESOURCES = 0xA900, 0xC000, 0xA70
 
 
 def is_fast(rq: pdu.AssociateRequest) -> bool:
-    """Storage, Verification and C-GET only, with role selection only for storage."""
+    """Storage, Verification, C-FIND and C-GET only, role selection only for storage."""
     return (
         bool(rq.contexts)
         and all(cx.abstract_syntax in FAST_SYNTAXES for cx in rq.contexts)
@@ -162,8 +166,13 @@ class FastAssociation:
                 self._release()
         except (ConnectionError, TimeoutError, OSError) as exc:
             log.info("association from %s ended: %s", self.calling_ae or "?", exc)
-        except pdu.ProtocolError as exc:
-            log.warning("aborting association from %s: %s", self.calling_ae or "?", exc)
+        except Exception as exc:  # noqa: BLE001  (a protocol error, or a bug: abort, never hang)
+            if isinstance(exc, pdu.ProtocolError):
+                log.warning("aborting association from %s: %s", self.calling_ae or "?", exc)
+            else:
+                log.error("aborting association from %s: %s", self.calling_ae or "?", type(exc).__name__)
+                log.debug("association failure detail", exc_info=True)
+                self.archive.metrics.errors.labels("association").inc()
             self.archive.metrics.associations.labels("aborted").inc()
             try:
                 self.sock.sendall(pdu.encode_abort())
@@ -216,9 +225,12 @@ class FastAssociation:
             raise pdu.ProtocolError("identifier too large")
         if last:
             self._message = None
-            if message.command.get(pdu.COMMAND_FIELD) == pdu.C_STORE_RQ:
+            field = message.command.get(pdu.COMMAND_FIELD)
+            if field == pdu.C_STORE_RQ:
                 message.sink.close()
                 self._finish_store(message)
+            elif field == pdu.C_FIND_RQ:
+                self._serve_find(message)
             else:
                 self._serve_get(message)
 
@@ -229,7 +241,7 @@ class FastAssociation:
             self._send_command(context_id, response)
         elif field == pdu.C_CANCEL_RQ:
             self._cancelled.add(int(command.get(pdu.RESPONDED_TO, 0)))
-        elif field in (pdu.C_STORE_RQ, pdu.C_GET_RQ):
+        elif field in (pdu.C_STORE_RQ, pdu.C_GET_RQ, pdu.C_FIND_RQ):
             if command.get(pdu.DATASET_TYPE) == pdu.NO_DATASET:
                 raise pdu.ProtocolError("request without its data set")
             if field == pdu.C_STORE_RQ:
@@ -280,6 +292,75 @@ class FastAssociation:
             status.get("ErrorComment"),
         )
         self._send_command(message.context_id, response)
+
+    # --- C-FIND SCP (PS3.4 C.4.1): samarkiv.dimse.find.answer does the work -------------
+
+    def _serve_find(self, message: _Message) -> None:
+        command = message.command
+        message_id = int(command.get(pdu.MESSAGE_ID, 0))
+        sop_class = str(command.get(pdu.AFFECTED_SOP_CLASS, ""))
+        uid = UID(self.contexts[message.context_id][1])
+
+        def identifier() -> Dataset:
+            try:
+                return read_dataset(BytesIO(message.sink.getvalue()), uid.is_implicit_VR, uid.is_little_endian)  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001  (pydicom on garbled bytes)
+                raise QueryError("the identifier cannot be decoded") from None
+
+        def respond(status: int, match: Dataset | None, failure: Dataset | None = None) -> None:
+            elements: dict[int, int | str | list[int] | None] = {
+                pdu.AFFECTED_SOP_CLASS: sop_class,
+                pdu.COMMAND_FIELD: pdu.C_FIND_RSP,
+                pdu.RESPONDED_TO: message_id,
+                pdu.DATASET_TYPE: pdu.DATASET_PRESENT if match is not None else pdu.NO_DATASET,
+                pdu.STATUS: status,
+            }
+            if failure is not None:
+                elements[pdu.ERROR_COMMENT] = failure.get("ErrorComment")
+                offending = failure.get("OffendingElement")
+                if offending is not None:
+                    elements[pdu.OFFENDING_ELEMENT] = [offending] if isinstance(offending, int) else list(offending)
+            self._send_command(message.context_id, pdu.encode_command(elements))
+            if match is not None:
+                self._send_data(message.context_id, [encode_dataset(match, uid)])
+
+        model = FIND_MODELS.get(sop_class)
+        if model is None:
+            respond(IDENTIFIER_MISMATCH, None)
+            return
+
+        def cancelled() -> bool:
+            self._poll_for_cancel()
+            return message_id in self._cancelled
+
+        for status, match in answer(self.archive, identifier, model, self.calling_ae, cancelled):
+            if isinstance(status, Dataset):  # a failure: final
+                respond(int(status.Status), None, status)
+                return
+            if status in (PENDING, PENDING_WARNING):
+                respond(status, match)
+            else:  # cancelled: final
+                self._cancelled.discard(message_id)
+                respond(status, None)
+                return
+        respond(SUCCESS, None)
+
+    def _poll_for_cancel(self) -> None:
+        """Take in a C-CANCEL-RQ waiting on the socket, without blocking."""
+        while select.select([self.sock], [], [], 0)[0]:
+            pdu_type, body = self._read_pdu()
+            if pdu_type != pdu.P_DATA_TF:
+                raise ConnectionError("association ended during a query")
+            for _context_id, control, data in pdu.iter_pdvs(body):
+                if not control & 1:
+                    raise pdu.ProtocolError("unexpected data set during a query")
+                self._command += data
+                if control & 2:
+                    command = pdu.decode_command(bytes(self._command))
+                    self._command.clear()
+                    if command.get(pdu.COMMAND_FIELD) != pdu.C_CANCEL_RQ:
+                        raise pdu.ProtocolError("a request arrived before the previous one ended")
+                    self._cancelled.add(int(command.get(pdu.RESPONDED_TO, 0)))
 
     # --- C-GET SCP (PS3.4 C.4.3) ----------------------------------------------------
 

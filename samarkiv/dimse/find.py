@@ -81,9 +81,8 @@ _NOT_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet"}
 
 def handlers(archive: Archive, ae: AE) -> list[tuple[evt.EventType, Callable]]:
     """Add the FIND presentation contexts to ``ae`` and return the C-FIND handler."""
-    # pynetdicom logs request identifiers (patient data) at INFO and formats
-    # response identifiers even when DEBUG is off; neither, please.
-    _config.LOG_REQUEST_IDENTIFIERS = False
+    # pynetdicom formats every response identifier for a DEBUG log line even
+    # when DEBUG is off (server.py already stops the request identifiers).
     _config.LOG_RESPONSE_IDENTIFIERS = False
     for sop_class in MODELS:
         ae.add_supported_context(sop_class, QUERY_TRANSFER_SYNTAXES)
@@ -171,15 +170,30 @@ def _peer(event: evt.Event) -> str:
 
 def handle_find(event: evt.Event, archive: Archive) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """EVT_C_FIND handler: yields (status, identifier) pairs (PS3.4 C.4.1.3.1)."""
+    model = MODELS.get(str(event.request.AffectedSOPClassUID))
+    if model is None:  # pragma: no cover - pynetdicom only routes negotiated classes
+        yield _failure(IDENTIFIER_MISMATCH, "unsupported SOP class"), None
+        return
+    yield from answer(archive, lambda: _identifier(event), model, _peer(event), lambda: event.is_cancelled)
+
+
+def answer(
+    archive: Archive,
+    identifier: Callable[[], Dataset],
+    model: Model,
+    peer: str,
+    is_cancelled: Callable[[], bool],
+) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """The C-FIND responses to ``identifier()`` as (status, identifier) pairs.
+
+    Independent of pynetdicom, so any DIMSE front end can serve C-FIND with it.
+    ``identifier`` may raise QueryError when the request cannot be decoded.
+    """
     started = time.perf_counter()
-    peer, matches = _peer(event), 0
+    matches = 0
     try:
-        model = MODELS.get(str(event.request.AffectedSOPClassUID))
-        if model is None:  # pragma: no cover - pynetdicom only routes negotiated classes
-            yield _failure(IDENTIFIER_MISMATCH, "unsupported SOP class"), None
-            return
         try:
-            query = query_from_identifier(_identifier(event), model)
+            query = query_from_identifier(identifier(), model)
             prepared = prepare(query, archive.engine.dialect.name)
         except QueryError as exc:
             log.warning("C-FIND from %s refused: %s", peer, exc)
@@ -191,7 +205,7 @@ def handle_find(event: evt.Event, archive: Archive) -> Iterator[tuple[int | Data
         pending = PENDING_WARNING if prepared.unmatched else PENDING
         retrieve_aet = "RetrieveAETitle" in query.keys
         for match in prepared.run(archive.engine):
-            if event.is_cancelled:
+            if is_cancelled():
                 log.info("C-FIND from %s cancelled after %d match(es)", peer, matches)
                 yield CANCELLED, None
                 return

@@ -187,12 +187,12 @@ def iter_pdvs(body: bytes) -> list[tuple[int, int, memoryview]]:
 # --- DIMSE command sets: implicit VR little endian, group 0000 (PS3.7 E.1) ---
 
 C_STORE_RQ, C_STORE_RSP, C_ECHO_RQ, C_ECHO_RSP = 0x0001, 0x8001, 0x0030, 0x8030
-C_GET_RQ, C_GET_RSP, C_CANCEL_RQ = 0x0010, 0x8010, 0x0FFF
+C_GET_RQ, C_GET_RSP, C_FIND_RQ, C_FIND_RSP, C_CANCEL_RQ = 0x0010, 0x8010, 0x0020, 0x8020, 0x0FFF
 NO_DATASET, DATASET_PRESENT = 0x0101, 0x0000
 
 # Command elements (group 0000) by element number (PS3.7 Table E.1-1)
 AFFECTED_SOP_CLASS, COMMAND_FIELD, MESSAGE_ID, RESPONDED_TO = 0x0002, 0x0100, 0x0110, 0x0120
-PRIORITY, DATASET_TYPE, STATUS, ERROR_COMMENT = 0x0700, 0x0800, 0x0900, 0x0902
+PRIORITY, DATASET_TYPE, STATUS, OFFENDING_ELEMENT, ERROR_COMMENT = 0x0700, 0x0800, 0x0900, 0x0901, 0x0902
 AFFECTED_SOP_INSTANCE = 0x1000
 REMAINING, COMPLETED, FAILED, WARNING = 0x1020, 0x1021, 0x1022, 0x1023
 
@@ -221,15 +221,18 @@ def decode_command(data: bytes) -> dict[int, int | str]:
     return values
 
 
-def encode_command(elements: dict[int, int | str | None]) -> bytes:
+def encode_command(elements: dict[int, int | str | list[int] | None]) -> bytes:
     """A command set from element number -> value; None values are left out."""
     body = b""
     for element in sorted(elements):
         value = elements[element]
         if value is None:
             continue
-        if element in _US_TAGS:
-            body += struct.pack("<HHIH", 0, element, 2, int(value))
+        if element == OFFENDING_ELEMENT:  # AT: (group, element) pairs
+            tags = b"".join(struct.pack("<HH", int(t) >> 16, int(t) & 0xFFFF) for t in value)  # type: ignore[union-attr]
+            body += struct.pack("<HHI", 0, element, len(tags)) + tags
+        elif element in _US_TAGS:
+            body += struct.pack("<HHIH", 0, element, 2, int(value))  # type: ignore[arg-type]
         else:
             raw = str(value)[:64].encode("ascii", "replace")
             if len(raw) % 2:
