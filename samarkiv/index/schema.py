@@ -130,7 +130,7 @@ instances = Table(
     Column("sha256", String(64), nullable=False),
     Column("source_aet", String(16)),
     Column("stored_at", DateTime(timezone=True), nullable=False),
-    # DICOM JSON (PS3.18 F.2) of the header without bulk data, zlib-compressed;
+    # The Part 10 header without bulk data (elements over 64 KiB), zlib-compressed;
     # answers return keys that have no column of their own.
     Column("metadata", LargeBinary),
 )

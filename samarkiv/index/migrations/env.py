@@ -5,10 +5,23 @@ from alembic import context
 from samarkiv.index.schema import metadata
 
 engine = context.config.attributes["engine"]
+
+
+def _for_this_dialect(obj, _name, type_, _reflected, _compare_to) -> bool:  # type: ignore[no-untyped-def]
+    """Autogenerate skips indexes meant for another dialect (``ddl_if``)."""
+    ddl_if = getattr(obj, "_ddl_if", None)
+    if type_ == "index" and ddl_if is not None and ddl_if.dialect:
+        return engine.dialect.name in (
+            ddl_if.dialect if isinstance(ddl_if.dialect, (tuple, list)) else (ddl_if.dialect,)
+        )
+    return True
+
+
 with engine.begin() as connection:
     context.configure(
         connection=connection,
         target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
+        include_object=_for_this_dialect,
     )
     context.run_migrations()
