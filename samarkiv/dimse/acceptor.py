@@ -66,10 +66,6 @@ class DicomListener:
         with self._lock:
             self._active -= 1
 
-    @property
-    def active(self) -> int:
-        return self._active
-
     def start(self) -> None:
         settings = self.archive.settings
         sock = socket.create_server((settings.host, settings.dicom_port), backlog=64, reuse_port=False)

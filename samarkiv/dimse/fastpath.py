@@ -19,22 +19,32 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelGet,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..core.archive import Archive
-from ..index.catalog import StoredInstance
 from ..core.structure import MalformedDataset, dataset_offset
+from ..index.catalog import StoredInstance
 from ..index.query import QueryError
-from ..index.retrieval import IdentifierError, InformationModel, find_instances, parse_identifier
+from ..index.retrieval import IdentifierError, find_instances, parse_identifier
 from ..storage.blobstore import CHUNK
 from . import pdu
 from .contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
 from .find import MODELS as FIND_MODELS
 from .find import PENDING_WARNING, answer
+from .retrieve import MODELS as RETRIEVE_MODELS
 from .retrieve import transcode
 from .store import InFlight, status_for
 
@@ -42,8 +52,8 @@ log = logging.getLogger(__name__)
 
 MAX_PDU_LENGTH = 1 << 20  # what we accept per P-DATA-TF; bounds memory per association
 GET_MODELS = {
-    "1.2.840.10008.5.1.4.1.2.1.3": InformationModel.PATIENT_ROOT,
-    "1.2.840.10008.5.1.4.1.2.2.3": InformationModel.STUDY_ROOT,
+    uid: RETRIEVE_MODELS[uid]
+    for uid in (PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet)
 }
 FAST_SYNTAXES = frozenset(STORAGE_SOP_CLASSES) | {VERIFICATION} | set(GET_MODELS) | set(FIND_MODELS)
 _STORAGE = frozenset(STORAGE_SOP_CLASSES)

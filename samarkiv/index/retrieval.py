@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -21,17 +20,15 @@ from sqlalchemy import Engine, Select
 from ..config import Settings
 from ..core.ingest import is_valid_uid
 from .catalog import Catalog, StoredInstance, stored_instances_select
+from .query import Model
 from .schema import instances, patients, series, studies
 
 # Bound parameters per IN (...) query; far below the SQLite and PostgreSQL limits.
 _CHUNK = 500
 
 
-class InformationModel(StrEnum):
-    """Query/Retrieve Information Models (PS3.4 C.6.1, C.6.2)."""
-
-    PATIENT_ROOT = "PATIENT_ROOT"
-    STUDY_ROOT = "STUDY_ROOT"
+# One enum for the information models of C-FIND, C-MOVE and C-GET (PS3.4 C.6).
+InformationModel = Model
 
 
 LEVELS: dict[InformationModel, tuple[str, ...]] = {
