@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pydicom._uid_dict import UID_dictionary
-from pydicom.uid import AllTransferSyntaxes
+from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian
 from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
-# Every transfer syntax pydicom knows: as received, never re-encoded.
-TRANSFER_SYNTAXES: list[str] = list(AllTransferSyntaxes)
+# Every transfer syntax pydicom knows: as received, never re-encoded. pynetdicom
+# accepts the first of these that a context proposes, so Explicit VR Little
+# Endian leads: it keeps VRs on the way in, and most stored objects are in it
+# on the way out (C-GET, C-MOVE), where they then need no re-encoding.
+TRANSFER_SYNTAXES: list[str] = [ExplicitVRLittleEndian] + [
+    ts for ts in AllTransferSyntaxes if ts != ExplicitVRLittleEndian
+]
 
 
 def _storage_sop_classes() -> list[str]:
