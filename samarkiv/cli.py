@@ -202,8 +202,8 @@ def verify(config: ConfigOpt = None, data: DataOpt = None, index_url: IndexOpt =
 
 
 def _sweep_orphans(archive, settings: Settings) -> list[str]:  # type: ignore[no-untyped-def]
-    """Full orphan sweep; young blobs may be a running server's stores in flight,
-    unless no server holds the data folder."""
+    """Full orphan sweep. While a server holds the data folder, blobs younger
+    than the grace period may be its stores in flight and are left alone."""
     from .serve import DataFolderBusy, lock_data_folder
 
     try:
@@ -211,8 +211,7 @@ def _sweep_orphans(archive, settings: Settings) -> list[str]:  # type: ignore[no
     except DataFolderBusy:
         return archive.sweep_orphans(full=True)
     try:
-        exclusive = archive.engine.dialect.name == "sqlite"
-        return archive.sweep_orphans(full=True, grace_seconds=0 if exclusive else None)
+        return archive.sweep_orphans(full=True, grace_seconds=0)  # no server writes these blobs
     finally:
         lock.close()
 

@@ -58,7 +58,9 @@ def serve(settings: Settings) -> None:
     lock = lock_data_folder(Path(settings.data))
     archive = Archive(settings)
     cleared = archive.clear_staging()
-    orphans = archive.sweep_orphans(grace_seconds=0 if archive.engine.dialect.name == "sqlite" else None)
+    # We hold the data folder's lock, so no other process writes these blobs:
+    # nothing young can be another store in flight.
+    orphans = archive.sweep_orphans(grace_seconds=0)
     if cleared or orphans:
         log.warning(
             "startup sweep: removed %d unfinished staging file(s) and %d orphan blob(s)",
