@@ -363,19 +363,26 @@ class FastAssociation:
     def _poll_for_cancel(self) -> None:
         """Take in a C-CANCEL-RQ waiting on the socket, without blocking."""
         while select.select([self.sock], [], [], 0)[0]:
-            pdu_type, body = self._read_pdu()
-            if pdu_type != pdu.P_DATA_TF:
-                raise ConnectionError("association ended during a query")
-            for _context_id, control, data in pdu.iter_pdvs(body):
-                if not control & 1:
-                    raise pdu.ProtocolError("unexpected data set during a query")
-                self._command += data
-                if control & 2:
-                    command = pdu.decode_command(bytes(self._command))
-                    self._command.clear()
-                    if command.get(pdu.COMMAND_FIELD) != pdu.C_CANCEL_RQ:
-                        raise pdu.ProtocolError("a request arrived before the previous one ended")
-                    self._cancelled.add(int(command.get(pdu.RESPONDED_TO, 0)))
+            for command in self._commands_in_next_pdu("a query"):
+                if command.get(pdu.COMMAND_FIELD) != pdu.C_CANCEL_RQ:
+                    raise pdu.ProtocolError("a request arrived before the previous one ended")
+                self._cancelled.add(int(command.get(pdu.RESPONDED_TO, 0)))
+
+    def _commands_in_next_pdu(self, during: str) -> list[dict[int, int | str]]:
+        """The command sets completed by the next PDU, while an operation runs
+        (only commands may arrive then: C-CANCEL, or the peer's responses)."""
+        pdu_type, body = self._read_pdu()
+        if pdu_type != pdu.P_DATA_TF:
+            raise ConnectionError(f"association ended during {during} (PDU {pdu_type:#04x})")
+        commands = []
+        for _context_id, control, data in pdu.iter_pdvs(body):
+            if not control & 1:
+                raise pdu.ProtocolError(f"unexpected data set during {during}")
+            self._command += data
+            if control & 2:
+                commands.append(pdu.decode_command(bytes(self._command)))
+                self._command.clear()
+        return commands
 
     # --- C-GET SCP (PS3.4 C.4.3) ----------------------------------------------------
 
@@ -524,23 +531,14 @@ class FastAssociation:
     def _await_store_response(self, message_id: int) -> int:
         """Read PDUs until the C-STORE-RSP for ``message_id`` (C-CANCELs noted meanwhile)."""
         while True:
-            pdu_type, body = self._read_pdu()
-            if pdu_type != pdu.P_DATA_TF:
-                raise pdu.ProtocolError(f"association ended during a C-GET (PDU {pdu_type:#04x})")
-            for _context_id, control, data in pdu.iter_pdvs(body):
-                if not control & 1:
-                    raise pdu.ProtocolError("unexpected data set during a C-GET")
-                self._command += data
-                if control & 2:
-                    command = pdu.decode_command(bytes(self._command))
-                    self._command.clear()
-                    field = command.get(pdu.COMMAND_FIELD)
-                    if field == pdu.C_CANCEL_RQ:
-                        self._cancelled.add(int(command.get(pdu.RESPONDED_TO, 0)))
-                    elif field == pdu.C_STORE_RSP and command.get(pdu.RESPONDED_TO) == message_id:
-                        return int(command.get(pdu.STATUS, 0xC000))
-                    else:
-                        raise pdu.ProtocolError(f"unexpected command {field!r} during a C-GET")
+            for command in self._commands_in_next_pdu("a C-GET"):
+                field = command.get(pdu.COMMAND_FIELD)
+                if field == pdu.C_CANCEL_RQ:
+                    self._cancelled.add(int(command.get(pdu.RESPONDED_TO, 0)))
+                elif field == pdu.C_STORE_RSP and command.get(pdu.RESPONDED_TO) == message_id:
+                    return int(command.get(pdu.STATUS, 0xC000))
+                else:
+                    raise pdu.ProtocolError(f"unexpected command {field!r} during a C-GET")
 
     # --- sending ------------------------------------------------------------------
 

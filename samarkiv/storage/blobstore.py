@@ -32,8 +32,11 @@ class Written:
 
 
 class BlobStore(Protocol):
-    def put_file(self, key: str, path: Path) -> Written:
-        """Move the (not yet durable) file at ``path`` under ``key``, durably."""
+    def put_file(self, key: str, path: Path) -> None:
+        """Move the (not yet durable) file at ``path`` under ``key``, durably.
+
+        The caller has hashed the file already (the core checks duplicates
+        before it writes), so this does not read it again."""
 
     def put_stream(self, key: str, stream: BinaryIO) -> Written:
         """Copy ``stream`` under ``key``, durably, hashing in the same pass."""

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .blobstore import CHUNK, BlobInfo, Written, sha256_of
+from .blobstore import CHUNK, BlobInfo, Written
 
 
 def _fsync_dir(path: Path) -> None:
@@ -49,15 +49,14 @@ class FilesystemBlobStore:
         os.replace(staged, target)
         _fsync_dir(parent)
 
-    def put_file(self, key: str, path: Path) -> Written:
-        with open(path, "rb") as f:
-            size, digest = sha256_of(f)
-            os.fsync(f.fileno())
+    def put_file(self, key: str, path: Path) -> None:
         if Path(path).stat().st_dev != self.staging.stat().st_dev:
             with open(path, "rb") as f:
-                return self.put_stream(key, f)
+                self.put_stream(key, f)
+            return
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
         self._install(Path(path), key)
-        return Written(key, size, digest)
 
     def put_stream(self, key: str, stream: BinaryIO) -> Written:
         staged = self.staging / f"{uuid.uuid4().hex}.part"
