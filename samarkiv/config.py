@@ -56,6 +56,9 @@ class Settings:
     orphan_grace_seconds: int = 900
     log_level: str = "INFO"
     nodes: tuple[RemoteNode, ...] = field(default_factory=tuple)
+    dicomweb_root: str = "/dicomweb"
+    # Origins allowed to call the HTTP APIs from a browser (CORS); empty: none.
+    cors_origins: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def resolved_index_url(self) -> str:
@@ -79,6 +82,9 @@ def _coerce(name: str, value: Any) -> Any:
             return tuple(
                 node if isinstance(node, RemoteNode) else RemoteNode(**node) for node in value
             )
+        if name == "cors_origins":
+            items = value.split(",") if isinstance(value, str) else value
+            return tuple(str(item).strip() for item in items if str(item).strip())
         if isinstance(default, bool):
             return value if isinstance(value, bool) else str(value).lower() in {"1", "true", "yes"}
         if isinstance(default, int):

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..core.archive import Archive
+from . import dicomweb
+from .dicomweb.errors import DicomWebError, dicomweb_error_handler
+
+
+# Already compressed, or bulk data that would only cost CPU (and break Range).
+_NOT_GZIPPED = (
+    "multipart/related", "application/dicom", "application/octet-stream", "application/pdf",
+    "image/*", "video/*", "audio/*", "application/zip", "application/gzip",
+)
 
 
 class Readiness:
@@ -29,4 +40,18 @@ def create_app(archive: Archive, readiness: Readiness) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(archive.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    settings = archive.settings
+    app.include_router(dicomweb.create_router(archive), prefix=settings.dicomweb_root.rstrip("/"))
+    app.add_exception_handler(DicomWebError, dicomweb_error_handler)
+    # JSON answers (QIDO-RS, metadata) are large and compress well; DICOM and
+    # image payloads are left alone (GZip only touches text-like media types).
+    app.add_middleware(GZipMiddleware, minimum_size=1024, exclude_content_types=_NOT_GZIPPED)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["Content-Location", "Warning", "X-Total-Count", "Link", "Content-Range", "Accept-Ranges"],
+        )
     return app
