@@ -47,6 +47,8 @@ def open_archive(settings: Settings):  # type: ignore[no-untyped-def]
 
     try:
         return Archive(settings)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
     except SQLAlchemyError as exc:
         raise _fail(f"cannot open the index at {settings.resolved_index_url.split('@')[-1]}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
 
@@ -265,6 +267,22 @@ def nodes_remove(aet: str, config: ConfigOpt = None, data: DataOpt = None, index
 from .findcli import register as _register_find  # noqa: E402
 
 _register_find(app)
+
+from .identity.cli import org_app, patients_app  # noqa: E402
+
+app.add_typer(org_app, name="org")
+app.add_typer(patients_app, name="patients")
+
+from .lifecycle.cli import capacity_app, fixity_app, lifecycle_app, tiers_app  # noqa: E402
+
+app.add_typer(tiers_app, name="tiers")
+app.add_typer(lifecycle_app, name="lifecycle")
+app.add_typer(fixity_app, name="fixity")
+app.add_typer(capacity_app, name="capacity")
+
+from .migrate.cli import migrate_app  # noqa: E402
+
+app.add_typer(migrate_app, name="migrate")
 
 
 def main() -> None:

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .lifecycle.rules import LifecycleRule
+    from .storage.tiers import TierSpec
 
 
 class ConfigError(ValueError):
@@ -41,6 +46,47 @@ class RemoteNode:
     description: str = ""
 
 
+class OrganisationKind(StrEnum):
+    HOSPITAL = "hospital"
+    TRUST = "trust"
+    PRIVATE = "private"
+    RESEARCH = "research"
+
+
+@dataclass(frozen=True)
+class OrganisationConfig:
+    """An organisation declared in the config file (``[[organisations]]``);
+    synced into the index at start (samarkiv/identity/organisations.py)."""
+
+    code: str
+    name: str
+    kind: OrganisationKind = OrganisationKind.HOSPITAL
+    issuer_of_patient_id: str | None = None
+    issuer_ueid: str | None = None  # Universal Entity ID of the issuer (PS3.3 10.14)
+    issuer_ueid_type: str | None = None  # Universal Entity ID Type, e.g. ISO
+    aets: tuple[str, ...] = ()
+
+
+def _organisations(value: Any) -> tuple[OrganisationConfig, ...]:
+    orgs: list[OrganisationConfig] = []
+    for item in value:
+        if not isinstance(item, OrganisationConfig):
+            item = dict(item)
+            item["kind"] = OrganisationKind(item.get("kind", "hospital"))
+            item["aets"] = tuple(str(a).strip() for a in item.get("aets", ()))
+            if item.get("issuer_ueid") and not item.get("issuer_ueid_type"):
+                item["issuer_ueid_type"] = "ISO"
+            item = OrganisationConfig(**item)
+        orgs.append(item)
+    codes = [o.code for o in orgs]
+    aets = [a for o in orgs for a in o.aets]
+    for what, values in (("organisation code", codes), ("AE title", aets)):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise ValueError(f"{what} listed twice: {', '.join(twice)}")
+    return tuple(orgs)
+
+
 @dataclass(frozen=True)
 class Settings:
     data: Path = Path("samarkiv-data")
@@ -54,11 +100,46 @@ class Settings:
     max_associations: int = 32
     store_workers: int = 4
     orphan_grace_seconds: int = 900
+    # Objects up to this size are made durable in the index transaction and
+    # moved to the blob store when the archive is idle (0: always blob files).
+    inline_max_bytes: int = 1 << 20
+    # Move journalled objects once no store came for this long, or when the
+    # journal holds more than journal_max_bytes.
+    journal_idle_seconds: int = 2
+    journal_max_bytes: int = 256 << 20
     log_level: str = "INFO"
     nodes: tuple[RemoteNode, ...] = field(default_factory=tuple)
+    # Storage tiers ([[tiers]] tables, see storage/tiers.py); empty: one
+    # filesystem tier "short" in the data folder. The first receives new objects.
+    tiers: tuple[TierSpec, ...] = field(default_factory=tuple)
+    # Lifecycle rules ([[lifecycle]] tables, see lifecycle/rules.py): run by
+    # `samarkiv lifecycle run` and by serve every lifecycle_interval_minutes.
+    lifecycle: tuple[LifecycleRule, ...] = field(default_factory=tuple)
+    lifecycle_interval_minutes: int = 60
+    lifecycle_mib_per_second: int = 50  # copy throttle per process; 0: none
+    lifecycle_lease_seconds: int = 600  # a claimed job not finished by then is retried
+    # Fixity: serve re-reads every object once per fixity_interval_days (0: off).
+    fixity_interval_days: int = 0
+    fixity_mib_per_second: int = 16
+    # [tier_capacity] short = "2 TB": tier sizes for `samarkiv capacity`
+    # (filesystem tiers without one: the free space of their filesystem).
+    tier_capacity: tuple[tuple[str, int], ...] = field(default_factory=tuple)
+    organisations: tuple[OrganisationConfig, ...] = field(default_factory=tuple)
+    # The organisation that owns stores from unknown calling AEs (when accepted)
+    # and HTTP stores without one [default: an organisation "default"].
+    default_organisation: str | None = None
+    # false in a regional setup: a calling AE no organisation lists is rejected.
+    accept_unknown_aets: bool = True
     dicomweb_root: str = "/dicomweb"
+    # HL7 v2 ADT over MLLP (samarkiv/hl7/): the listener's port, 0 = off.
+    hl7_port: int = 0
+    # The organisation whose issuer keys PID-3 identifiers without an assigning
+    # authority, when MSH-4 names none [default: the default organisation].
+    hl7_organisation: str | None = None
     # Origins allowed to call the HTTP APIs from a browser (CORS); empty: none.
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    # The OHIF viewer served at /viewer (filled by scripts/install-viewer).
+    viewer_dir: Path = field(default_factory=lambda: Path(sys.prefix) / "share" / "samarkiv" / "viewer")
 
     @property
     def resolved_index_url(self) -> str:
@@ -73,8 +154,16 @@ _ENUMS = {"duplicate_policy": DuplicatePolicy, "conflict_policy": ConflictPolicy
 def _coerce(name: str, value: Any) -> Any:
     """Turn a raw value (TOML, env or CLI) into the type the field declares."""
     default = getattr(Settings(), name)
+    if name == "tiers":  # its own errors: never echo the tables (they may hold a secret by mistake)
+        from .storage.tiers import parse_tiers
+
+        return parse_tiers(value)
+    if name in ("lifecycle", "tier_capacity"):
+        from .lifecycle.rules import parse_capacity, parse_rules
+
+        return parse_rules(value) if name == "lifecycle" else parse_capacity(value)
     try:
-        if name == "data":
+        if name in ("data", "viewer_dir"):
             return Path(value)
         if name in _ENUMS:
             return _ENUMS[name](value)
@@ -82,6 +171,8 @@ def _coerce(name: str, value: Any) -> Any:
             return tuple(
                 node if isinstance(node, RemoteNode) else RemoteNode(**node) for node in value
             )
+        if name == "organisations":
+            return _organisations(value)
         if name == "cors_origins":
             items = value.split(",") if isinstance(value, str) else value
             return tuple(str(item).strip() for item in items if str(item).strip())
@@ -111,7 +202,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         if unknown:
             raise ConfigError(f"unknown setting(s) in {config_file}: {', '.join(sorted(unknown))}")
         values.update({k.replace("-", "_"): v for k, v in raw.items()})
-    for name in names - {"nodes"}:
+    for name in names - {"nodes", "organisations", "tiers", "lifecycle", "tier_capacity"}:
         env = os.environ.get(f"SAMARKIV_{name.upper()}")
         if env is not None:
             values[name] = env

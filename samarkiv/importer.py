@@ -125,4 +125,7 @@ def import_items(
             summary.add(item, result)
             if on_done is not None:
                 on_done(item, result)
+    # Small objects sit in the write-back journal; a running server would move
+    # them when idle, but an import may run alone: move them now.
+    archive.flush_all()
     return summary

@@ -13,7 +13,9 @@ import uvicorn
 
 from .config import Settings
 from .core.archive import Archive
+from .core.writeback import JournalMover
 from .dimse.server import DicomServer
+from .lifecycle.scheduler import LifecycleScheduler
 from .web.app import Readiness, create_app
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,14 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
+def _hl7_listener(archive: Archive):  # type: ignore[no-untyped-def]
+    from .hl7.listener import Hl7Listener
+
+    listener = Hl7Listener(archive)
+    listener.start()
+    return listener
+
+
 def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT."""
     lock = lock_data_folder(Path(settings.data))
@@ -69,6 +79,8 @@ def serve(settings: Settings) -> None:
         )
     readiness = Readiness()
     dicom = DicomServer(archive)
+    mover = JournalMover(archive)
+    lifecycle = LifecycleScheduler(archive)
 
     def closing() -> None:
         readiness.ready = False
@@ -84,12 +96,19 @@ def serve(settings: Settings) -> None:
     )
     http = _Server(config, closing)
     dicom.start()
+    hl7 = _hl7_listener(archive) if settings.hl7_port else None
+    mover.start()
+    lifecycle.start()
     readiness.ready = True
     try:
         http.run()
     finally:
         readiness.ready = False
         dicom.stop()
+        if hl7 is not None:
+            hl7.stop()
+        mover.stop()
+        lifecycle.stop()
         archive.close()
         lock.close()
         log.info("samarkiv stopped")

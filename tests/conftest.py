@@ -303,11 +303,16 @@ def storescu(server: ArchiveProcess, *files: Path, extra: tuple[str, ...] = ()) 
     return failed or result
 
 
-def dataset_bytes(path: Path) -> bytes:
-    """The bytes after the File Meta Information group (what travels on the wire)."""
-    from samarkiv.core.structure import inspect_file
+def dataset_bytes(source: Path | bytes) -> bytes:
+    """The bytes after the File Meta Information group (what travels on the wire)
+    of a Part 10 file, or of one held in memory."""
+    from samarkiv.core.structure import inspect_buffer
 
-    layout = inspect_file(path)
-    with open(path, "rb") as f:
-        f.seek(layout.dataset_offset)
+    data = source if isinstance(source, bytes) else source.read_bytes()
+    return data[inspect_buffer(data).dataset_offset :]
+
+
+def stored_object(archive, stored) -> bytes:  # type: ignore[no-untyped-def]
+    """The stored Part 10 object, wherever the archive keeps it (journal or blob file)."""
+    with archive.open_instance(stored) as f:
         return f.read()

@@ -66,6 +66,7 @@ def tamper(server, sop_instance_uid: str) -> None:  # type: ignore[no-untyped-de
 
     archive = Archive(Settings(data=server.data, index_url=server.index_url), run_migrations=False)
     try:
+        archive.flush_all()  # out of the write-back journal, into a blob file
         stored = archive.catalog.instance(sop_instance_uid)
         assert stored is not None
         path = archive.instance_path(stored)

@@ -24,7 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from conftest import dataset_bytes, dcmtk_env, free_port, require_tool, storescu, transfer_syntax_of
+from conftest import dataset_bytes, dcmtk_env, free_port, require_tool, stored_object, storescu, transfer_syntax_of
 
 ALL_TRANSFER_SYNTAXES = list(AllTransferSyntaxes)
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"}
@@ -258,7 +258,7 @@ def assert_byte_identical(server, received: dict[str, Path]) -> None:  # type: i
         for uid, path in received.items():
             stored = archive.catalog.instance(uid)
             assert stored is not None
-            assert dataset_bytes(path) == dataset_bytes(archive.instance_path(stored)), uid
+            assert dataset_bytes(path) == dataset_bytes(stored_object(archive, stored)), uid
     finally:
         archive.close()
 
@@ -467,7 +467,7 @@ def test_get(stored_archive, selection, tmp_path):
             stored = archive.catalog.instance(uid)
             assert stored is not None
             if transfer_syntax_of(path) == stored.transfer_syntax_uid:
-                assert dataset_bytes(path) == dataset_bytes(archive.instance_path(stored))
+                assert dataset_bytes(path) == dataset_bytes(stored_object(archive, stored))
             else:  # the archive accepted another uncompressed syntax for the context
                 assert_same_content(by_uid[uid].path, path)
     finally:

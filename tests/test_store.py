@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
+
+import httpx
 
 import pydicom
 import pydicom.filereader
@@ -12,10 +15,12 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
+from sqlalchemy import text
 
-from conftest import dataset_bytes, dcmtk_env, require_tool, storescu
+from conftest import dataset_bytes, dcmtk_env, require_tool, stored_object, storescu
 from samarkiv.config import load_settings
 from samarkiv.core.archive import Archive
+from samarkiv.index.engine import create_index_engine
 
 
 def make_ct(path: Path, **attrs: object) -> Path:
@@ -76,6 +81,21 @@ def blob_files(server) -> list[Path]:
     return [p for p in (server.data / "blobs").rglob("*") if p.is_file()]
 
 
+def journalled(server) -> int:
+    """Objects in the write-back journal (not yet moved to a blob file)."""
+    engine = create_index_engine(server.index_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM inline_blobs")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def stored_objects(server) -> int:
+    """Stored objects, wherever they are: blob files plus the journal."""
+    return len(blob_files(server)) + journalled(server)
+
+
 def staging_files(server) -> list[Path]:
     return [p for p in (server.data / "tmp").iterdir() if p.is_file()]
 
@@ -115,7 +135,7 @@ def test_received_bytes_are_stored_as_they_came(archive, sample_files):
     try:
         for path, header in headers.items():
             stored = local.catalog.instance(header.SOPInstanceUID)
-            assert dataset_bytes(local.instance_path(stored)) == dataset_bytes(path), path.name
+            assert dataset_bytes(stored_object(local, stored)) == dataset_bytes(path), path.name
     finally:
         local.close()
 
@@ -148,7 +168,7 @@ def test_video_is_stored_in_its_transfer_syntax(archive, tmp_path, syntax):
     local = Archive(load_settings(data=archive.data, index_url=archive.index_url), run_migrations=False)
     stored = local.catalog.instance(ds.SOPInstanceUID)
     assert stored.transfer_syntax_uid == VIDEO_SYNTAXES[syntax]
-    assert dataset_bytes(local.instance_path(stored)) == dataset_bytes(path)
+    assert dataset_bytes(stored_object(local, stored)) == dataset_bytes(path)
     local.close()
 
 
@@ -161,7 +181,7 @@ def test_deflated_dataset_is_stored_as_sent(archive, tmp_path):
     local = Archive(load_settings(data=archive.data, index_url=archive.index_url), run_migrations=False)
     stored = local.catalog.instance(ds.SOPInstanceUID)
     assert stored.transfer_syntax_uid == pydicom.uid.DeflatedExplicitVRLittleEndian
-    assert dataset_bytes(local.instance_path(stored)) == dataset_bytes(path)
+    assert dataset_bytes(stored_object(local, stored)) == dataset_bytes(path)
     local.close()
 
 
@@ -170,7 +190,7 @@ def test_identical_restore_is_harmless(archive, tmp_path):
     assert send_file(archive, ct) == 0x0000
     assert send_file(archive, ct) == 0x0000
     assert instance_count(archive) == 1
-    assert len(blob_files(archive)) == 1
+    assert stored_objects(archive) == 1
 
 
 def _same_uid_different_object(tmp_path: Path) -> tuple[Path, Path]:
@@ -187,7 +207,7 @@ def test_different_object_same_uid_rejected_by_default(archive, tmp_path):
     assert send_file(archive, first) == 0x0000
     assert send_file(archive, second) == 0x0111  # duplicate SOP instance
     assert instance_count(archive) == 1
-    assert len(blob_files(archive)) == 1
+    assert stored_objects(archive) == 1
 
 
 @pytest.mark.parametrize("policy, blobs", [("keep-new", 1), ("keep-both", 2)])
@@ -197,14 +217,46 @@ def test_duplicate_policies(make_archive, tmp_path, policy, blobs):
     assert send_file(server, first) == 0x0000
     assert send_file(server, second) == 0x0000
     assert instance_count(server) == 1
-    assert len(blob_files(server)) == blobs
+    assert stored_objects(server) == blobs
     local = Archive(load_settings(data=server.data, index_url=server.index_url), run_migrations=False)
     uid = pydicom.dcmread(second).SOPInstanceUID
     stored = local.catalog.instance(uid)
-    assert dataset_bytes(local.instance_path(stored)) == dataset_bytes(second)
+    assert dataset_bytes(stored_object(local, stored)) == dataset_bytes(second)
     local.close()
     listed = json.loads(server.cli("conflicts", "--json").stdout)
     assert [(c["kind"], c["sop_instance_uid"]) for c in listed] == [("duplicate-sop-instance", uid)]
+
+
+def test_journal_moves_small_objects_to_blob_files_when_idle(make_archive, tmp_path):
+    """A small object is acknowledged from the write-back journal, then moved,
+    byte for byte, to a blob file once the archive is idle."""
+    server = make_archive("journal_idle_seconds = 0\n")
+    ct = make_ct(tmp_path / "a.dcm")
+    assert send_file(server, ct) == 0x0000
+    deadline = time.monotonic() + 30
+    while journalled(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert journalled(server) == 0
+    [blob] = blob_files(server)
+    assert dataset_bytes(blob) == dataset_bytes(ct)
+    local = Archive(load_settings(data=server.data, index_url=server.index_url), run_migrations=False)
+    try:
+        stored = local.catalog.instance(pydicom.dcmread(ct).SOPInstanceUID)
+        assert local.instance_path(stored) == blob
+    finally:
+        local.close()
+    metrics = httpx.get(f"{server.http}/metrics").text
+    assert "samarkiv_written_back_instances_total 1.0" in metrics
+    assert server.cli("verify", check=False).returncode == 0
+
+
+def test_objects_over_the_inline_limit_go_straight_to_blob_files(make_archive, tmp_path):
+    server = make_archive("inline_max_bytes = 0\n")
+    ct = make_ct(tmp_path / "a.dcm")
+    assert send_file(server, ct) == 0x0000
+    assert journalled(server) == 0
+    [blob] = blob_files(server)
+    assert dataset_bytes(blob) == dataset_bytes(ct)
 
 
 def test_patient_conflict_rejected_by_default(archive, tmp_path):
@@ -266,7 +318,7 @@ def test_bad_input_fails_and_writes_nothing(archive, tmp_path, case):
     status = send_file(archive, build(tmp_path))
     assert status == expected
     assert instance_count(archive) == 0
-    assert blob_files(archive) == []
+    assert stored_objects(archive) == 0
     assert staging_files(archive) == []
     assert "store rejected" in archive.log.read_text()
 

@@ -8,6 +8,7 @@ then answer.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import time
@@ -16,20 +17,29 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from ..config import ConflictPolicy, DuplicatePolicy, Settings
 from ..index.catalog import Catalog, InstanceExists, PatientConflict, StoredInstance
+from ..identity.organisations import Organisation, default_organisation, organisation_for_aet, sync_from_settings
+from ..identity.patients import IdentityError
 from ..index.engine import create_index_engine, migrate
 from ..storage.blobstore import sha256_of
-from ..storage.filesystem import FilesystemBlobStore
-from .ingest import ParsedInstance, RejectedDataset, parse_instance
+from ..storage.blobstore import BlobStore
+from ..storage.tiers import open_tiers
+from .ingest import ParsedInstance, RejectedDataset, parse_buffer, parse_instance
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 SWEEP_WATERMARK = "orphan_sweep_watermark"
+OWNER_CACHE_SECONDS = 10
+INLINE_PREFIX = "db/"  # blob keys of objects held in the write-back journal
+IN_PLACE_PREFIX = "file:"  # blob keys of files indexed where they lie (migrate); never moved or deleted
 
 
 class StoreOutcome(StrEnum):
@@ -45,6 +55,7 @@ class RejectReason(StrEnum):
     DUPLICATE_CONFLICT = "duplicate-conflict"
     PATIENT_CONFLICT = "patient-conflict"
     OUT_OF_RESOURCES = "out-of-resources"
+    NOT_AUTHORISED = "not-authorised"  # the sender belongs to no organisation
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,23 @@ class StoreResult:
     reason: RejectReason | None = None
     message: str = ""
     size: int = 0
+
+
+def _patient_conflict(uid: str) -> StoreResult:
+    # the message is sent to the peer and logged: no patient data in it
+    return StoreResult(
+        StoreOutcome.REJECTED, uid, RejectReason.PATIENT_CONFLICT, "the study is filed under another Patient ID"
+    )
+
+
+def _not_authorised(uid: str | None) -> StoreResult:
+    return StoreResult(
+        StoreOutcome.REJECTED, uid, RejectReason.NOT_AUTHORISED, "the sender belongs to no organisation"
+    )
+
+
+def _busy(uid: str) -> StoreResult:
+    return StoreResult(StoreOutcome.REJECTED, uid, RejectReason.OUT_OF_RESOURCES, "concurrent updates; retry")
 
 
 def _blob_key(now: datetime) -> str:
@@ -73,9 +101,33 @@ class Archive:
             migrate(writer or self.engine)
         self.catalog = Catalog(self.engine, writer)
         data = Path(settings.data)
-        self.staging = data / "tmp"
-        self.blobs = FilesystemBlobStore(data / "blobs", self.staging)
+        # Named tiers in configured order; the first receives new objects.
+        self.tiers: dict[str, BlobStore] = open_tiers(settings.tiers, data)
+        self.blobs = next(iter(self.tiers.values()))
+        self.staging = Path(getattr(self.blobs, "staging", data / "tmp"))
         self.metrics = Metrics()
+        self.last_store = 0.0  # time.monotonic() of the last store, for idle-time work
+        if run_migrations:
+            sync_from_settings(writer or self.engine, settings)
+        self._owners: dict[str | None, tuple[float, Organisation | None]] = {}
+
+    def owner_for(self, source_aet: str | None) -> Organisation | None:
+        """The organisation owning what ``source_aet`` stores (None for HTTP and
+        import: the default organisation); None when the sender is not accepted.
+        Cached for a few seconds: one lookup per association, not per instance."""
+        now = time.monotonic()
+        cached = self._owners.get(source_aet)
+        if cached is not None and now - cached[0] < OWNER_CACHE_SECONDS:
+            return cached[1]
+        with self.engine.connect() as conn:
+            if source_aet:
+                owner = organisation_for_aet(conn, source_aet, self.settings)
+            else:
+                owner = default_organisation(conn, self.settings)
+        if len(self._owners) > 10_000:
+            self._owners.clear()
+        self._owners[source_aet] = (now, owner)
+        return owner
 
     def close(self) -> None:
         self.engine.dispose()
@@ -88,13 +140,45 @@ class Archive:
 
     def store_stream(self, stream: BinaryIO, **kwargs) -> StoreResult:  # type: ignore[no-untyped-def]
         """Store a Part 10 file read from ``stream`` (import, uploads)."""
+        limit = self.settings.inline_max_bytes
+        head = stream.read(limit + 1) if limit else b""
+        if limit and len(head) <= limit:
+            return self.store_bytes(head, **kwargs)
         staged = self.new_staging_file()
         try:
             with open(staged, "wb") as out:
+                out.write(head)
                 shutil.copyfileobj(stream, out, 1 << 20)
             return self.store_file(staged, **kwargs)
         finally:
             staged.unlink(missing_ok=True)
+
+    def store_bytes(
+        self,
+        data: bytes,
+        *,
+        source_aet: str | None = None,
+        expected_sop_instance_uid: str | None = None,
+        expected_sop_class_uid: str | None = None,
+    ) -> StoreResult:
+        """Store a Part 10 file held in memory. Objects up to ``inline_max_bytes``
+        become durable with their index rows in one transaction (the write-back
+        journal); larger ones take the blob-file path of :meth:`store_file`."""
+        if len(data) > self.settings.inline_max_bytes:
+            staged = self.new_staging_file()
+            try:
+                staged.write_bytes(data)
+                return self.store_file(
+                    staged,
+                    source_aet=source_aet,
+                    expected_sop_instance_uid=expected_sop_instance_uid,
+                    expected_sop_class_uid=expected_sop_class_uid,
+                )
+            finally:
+                staged.unlink(missing_ok=True)
+        return self._observed(
+            self._store_inline, data, source_aet, expected_sop_instance_uid, expected_sop_class_uid
+        )
 
     def store_file(
         self,
@@ -109,91 +193,156 @@ class Archive:
         Returns only once the outcome is durable. Never raises for bad input:
         rejections come back as a StoreResult with a reason.
         """
+        args = (source_aet, expected_sop_instance_uid, expected_sop_class_uid)
+        try:
+            small = path.stat().st_size <= self.settings.inline_max_bytes
+        except OSError:
+            small = False  # _store_file reports it
+        if small:
+            data = path.read_bytes()
+            path.unlink(missing_ok=True)
+            return self._observed(self._store_inline, data, *args)
+        return self._observed(self._store_file, path, *args)
+
+    def _observed(self, store, source, source_aet, expected_uid, expected_class) -> StoreResult:  # type: ignore[no-untyped-def]
+        """Run one store with its metrics, its log line, and I/O errors as rejections."""
         started = time.perf_counter()
         try:
-            result = self._store(path, source_aet, expected_sop_instance_uid, expected_sop_class_uid)
-        except OSError as exc:
+            result = store(source, source_aet, expected_uid, expected_class)
+        except (OSError, SQLAlchemyError) as exc:
             log.error("store failed: %s", exc)
             self.metrics.errors.labels("store-io").inc()
-            result = StoreResult(
-                StoreOutcome.REJECTED, expected_sop_instance_uid, RejectReason.OUT_OF_RESOURCES, str(exc)
-            )
+            result = StoreResult(StoreOutcome.REJECTED, expected_uid, RejectReason.OUT_OF_RESOURCES, str(exc))
+        self.last_store = time.monotonic()
         self.metrics.stores.labels(result.outcome.value).inc()
         self.metrics.store_seconds.observe(time.perf_counter() - started)
         if result.outcome is StoreOutcome.REJECTED:
-            log.warning(
-                "store rejected (%s) from %s: %s", result.reason, source_aet or "-", result.message
-            )
+            log.warning("store rejected (%s) from %s: %s", result.reason, source_aet or "-", result.message)
+        elif result.outcome is StoreOutcome.STORED:
+            self.metrics.stored_bytes.inc(result.size)
         return result
 
-    def _store(
+    def _store_inline(
+        self,
+        data: bytes,
+        source_aet: str | None,
+        expected_sop_instance_uid: str | None,
+        expected_sop_class_uid: str | None,
+    ) -> StoreResult:
+        """The write-back path: parse, hash, and commit object and rows together.
+
+        No duplicate pre-check: the insert itself finds a known SOP Instance UID
+        (InstanceExists), which is rare, and only then is the policy applied.
+        """
+        owner = self.owner_for(source_aet)
+        if owner is None:
+            return _not_authorised(expected_sop_instance_uid)
+        try:
+            parsed = parse_buffer(data, expected_sop_instance_uid, expected_sop_class_uid)
+        except RejectedDataset as exc:
+            return StoreResult(StoreOutcome.REJECTED, expected_sop_instance_uid, RejectReason.INVALID, str(exc))
+        uid, size, digest = parsed.sop_instance_uid, len(data), hashlib.sha256(data).hexdigest()
+        key = f"{INLINE_PREFIX}{uuid.uuid4().hex}"
+        replace: StoredInstance | None = None
+        for _attempt in range(3):
+            try:
+                self._commit(parsed, key, size, digest, source_aet, owner, replace, inline=data)
+            except PatientConflict:
+                return _patient_conflict(uid)
+            except IdentityError as exc:
+                return StoreResult(StoreOutcome.REJECTED, uid, RejectReason.INVALID, str(exc))
+            except InstanceExists:
+                existing = self.catalog.instance(uid)
+                if existing is None:
+                    continue  # removed meanwhile: try again as new
+                decided = self._duplicate(existing, digest, size)
+                if decided is not None:
+                    return decided
+                replace = existing
+                continue
+            self.metrics.journal_instances.inc()
+            self.metrics.journal_bytes.inc(size)
+            return self._stored(uid, size, replace)
+        return _busy(uid)
+
+    def _store_file(
         self,
         path: Path,
         source_aet: str | None,
         expected_sop_instance_uid: str | None,
         expected_sop_class_uid: str | None,
     ) -> StoreResult:
+        """The blob-file path for large objects: the blob is durable before the commit."""
+        owner = self.owner_for(source_aet)
+        if owner is None:
+            return _not_authorised(expected_sop_instance_uid)
         try:
             parsed = parse_instance(path, expected_sop_instance_uid, expected_sop_class_uid)
         except RejectedDataset as exc:
-            return StoreResult(
-                StoreOutcome.REJECTED, expected_sop_instance_uid, RejectReason.INVALID, str(exc)
-            )
+            return StoreResult(StoreOutcome.REJECTED, expected_sop_instance_uid, RejectReason.INVALID, str(exc))
         uid = parsed.sop_instance_uid
         with open(path, "rb") as f:
             size, digest = sha256_of(f)
 
         key: str | None = None  # set once the blob is durably in place
         for _attempt in range(3):
-            known_digest = self.catalog.digest(uid)
-            existing = self.catalog.instance(uid) if known_digest is not None else None
+            existing = self.catalog.instance(uid) if self.catalog.digest(uid) is not None else None
             replace = None
             if existing is not None:
-                if existing.sha256 == digest:
+                decided = self._duplicate(existing, digest, size)
+                if decided is not None:
                     self._discard(key)
-                    return StoreResult(StoreOutcome.DUPLICATE, uid, size=size)
-                if self.settings.duplicate_policy is DuplicatePolicy.REJECT:
-                    self._discard(key)
-                    return StoreResult(
-                        StoreOutcome.REJECTED,
-                        uid,
-                        RejectReason.DUPLICATE_CONFLICT,
-                        "a different object with this SOP Instance UID is already stored",
-                    )
+                    return decided
                 replace = existing
             if key is None:
                 key = _blob_key(datetime.now(UTC))
-                self.blobs.put_file(key, path)
+                self.blobs.put_file(key, path, digest)
             try:
-                self._commit(parsed, key, size, digest, source_aet, replace)
+                self._commit(parsed, key, size, digest, source_aet, owner, replace)
             except PatientConflict:
                 self._discard(key)
-                return StoreResult(
-                    StoreOutcome.REJECTED,
-                    uid,
-                    RejectReason.PATIENT_CONFLICT,
-                    "the study is filed under another Patient ID",  # no patient data in logs
-                )
+                return _patient_conflict(uid)
+            except IdentityError as exc:
+                self._discard(key)
+                return StoreResult(StoreOutcome.REJECTED, uid, RejectReason.INVALID, str(exc))
             except InstanceExists:
                 continue  # another association committed this UID meanwhile: decide again
             except BaseException:
                 self._discard(key)
                 raise
-            if replace is not None:
-                if self.settings.duplicate_policy is DuplicatePolicy.KEEP_NEW:
-                    self.blobs.delete(replace.blob_key)
-                    return StoreResult(StoreOutcome.REPLACED, uid, size=size)
-                return StoreResult(StoreOutcome.VERSIONED, uid, size=size)
-            self.metrics.stored_bytes.inc(size)
-            return StoreResult(StoreOutcome.STORED, uid, size=size)
+            return self._stored(uid, size, replace)
         self._discard(key)
-        return StoreResult(
-            StoreOutcome.REJECTED, uid, RejectReason.OUT_OF_RESOURCES, "concurrent updates; retry"
-        )
+        return _busy(uid)
+
+    def _duplicate(self, existing: StoredInstance, digest: str, size: int) -> StoreResult | None:
+        """The outcome when the UID is taken, or None when the policy replaces it."""
+        if existing.sha256 == digest:
+            return StoreResult(StoreOutcome.DUPLICATE, existing.sop_instance_uid, size=size)
+        if self.settings.duplicate_policy is DuplicatePolicy.REJECT:
+            return StoreResult(
+                StoreOutcome.REJECTED,
+                existing.sop_instance_uid,
+                RejectReason.DUPLICATE_CONFLICT,
+                "a different object with this SOP Instance UID is already stored",
+            )
+        return None
+
+    def _stored(self, uid: str, size: int, replaced: StoredInstance | None) -> StoreResult:
+        if replaced is None:
+            return StoreResult(StoreOutcome.STORED, uid, size=size)
+        if self.settings.duplicate_policy is DuplicatePolicy.KEEP_NEW:
+            self._discard(replaced.blob_key)
+            return StoreResult(StoreOutcome.REPLACED, uid, size=size)
+        return StoreResult(StoreOutcome.VERSIONED, uid, size=size)
 
     def _discard(self, key: str | None) -> None:
-        if key is not None:
-            self.blobs.delete(key)
+        if key is None or key.startswith(IN_PLACE_PREFIX):
+            return
+        if key.startswith(INLINE_PREFIX):
+            self.catalog.delete_inline(key)
+        else:
+            store, name = self._store_for(key)
+            store.delete(name)
 
     def _commit(
         self,
@@ -202,32 +351,109 @@ class Archive:
         size: int,
         digest: str,
         source_aet: str | None,
+        owner: Organisation,
         replace: StoredInstance | None,
+        inline: bytes | None = None,
     ) -> None:
+        series = parsed.series
+        if not series.get("institution_name"):
+            # filled in from the owner where the source left it empty (the stored
+            # object keeps the original)
+            series = {**series, "institution_name": owner.name[:64]}
         self.catalog.add_instance(
             patient=parsed.patient,
             study=parsed.study,
-            series_values=parsed.series,
+            series_values=series,
             instance={
                 **parsed.instance,
                 "blob_key": key,
                 "size": size,
                 "sha256": digest,
                 "source_aet": source_aet,
+                "org_pk": owner.pk,
                 "header": parsed.header,
             },
+            patient_ids=parsed.patient_ids,
+            owner=owner,
             accept_patient_conflict=self.settings.conflict_policy is ConflictPolicy.ACCEPT,
             replace=replace,
             keep_replaced=self.settings.duplicate_policy is DuplicatePolicy.KEEP_BOTH,
+            inline=inline,
         )
 
     # --- read ----------------------------------------------------------------------
 
     def open_instance(self, stored: StoredInstance) -> BinaryIO:
-        return self.blobs.open(stored.blob_key)
+        """The stored object's bytes, wherever they are (journal or blob store)."""
+        return self.open_blob(stored.blob_key, stored.pk)
+
+    def open_blob(self, key: str, pk: int | None = None) -> BinaryIO:
+        if key.startswith(IN_PLACE_PREFIX):
+            return open(key[len(IN_PLACE_PREFIX) :], "rb")
+        if key.startswith(INLINE_PREFIX):
+            data = self.catalog.inline_data(key)
+            if data is not None:
+                return BytesIO(data)
+            # moved to the blob store since the caller looked it up
+            moved = self.catalog.blob_key_of(pk) if pk is not None else None
+            if moved is None or moved.startswith(INLINE_PREFIX):
+                raise FileNotFoundError(key)
+            key = moved
+        store, name = self._store_for(key)
+        try:
+            return store.open(name)
+        except FileNotFoundError:
+            # moved to another tier since the caller looked it up (lifecycle)
+            moved = self.catalog.blob_key_of(pk) if pk is not None else None
+            if moved is None or moved == key or moved.startswith(INLINE_PREFIX):
+                raise
+            store, name = self._store_for(moved)
+            return store.open(name)
+
+    def _store_for(self, key: str) -> tuple[BlobStore, str]:
+        """The tier holding ``key`` and the key within it: ``long:2026/...`` is on
+        the tier ``long``; unprefixed keys are on the first tier."""
+        tier, colon, rest = key.partition(":")
+        if not colon:
+            return self.blobs, key
+        if tier not in self.tiers:
+            raise FileNotFoundError(f"blob {key}: tier {tier!r} is not configured")
+        return self.tiers[tier], rest
 
     def instance_path(self, stored: StoredInstance) -> Path | None:
-        return self.blobs.local_path(stored.blob_key)
+        """A local file holding the object, if there is one (use open_instance otherwise)."""
+        if stored.blob_key.startswith(INLINE_PREFIX):
+            return None
+        if stored.blob_key.startswith(IN_PLACE_PREFIX):
+            return Path(stored.blob_key[len(IN_PLACE_PREFIX) :])
+        store, name = self._store_for(stored.blob_key)
+        return store.local_path(name)
+
+    # --- the write-back journal --------------------------------------------------------
+
+    def flush_inline(self, batch: int = 200) -> int:
+        """Move up to ``batch`` journalled objects to the blob store; return how many.
+
+        Each object is durable in the blob store before its rows name it, and
+        its journal copy goes in the same transaction; a crash in between
+        leaves an orphan blob for the sweep, never a missing object.
+        """
+        items = self.catalog.inline_batch(batch)
+        if not items:
+            return 0
+        now = datetime.now(UTC)
+        moves = [(old, _blob_key(now)) for old, _data in items]
+        self.blobs.put_many([(new, data) for (_old, new), (_key, data) in zip(moves, items, strict=True)])
+        for unreferenced in self.catalog.relocate(moves):
+            self.blobs.delete(unreferenced)
+        self.metrics.written_back.inc(len(items))
+        return len(items)
+
+    def flush_all(self) -> int:
+        moved = total = 0
+        while moved := self.flush_inline():
+            total += moved
+        return total
 
     # --- housekeeping ----------------------------------------------------------------
 
@@ -271,7 +497,7 @@ class Archive:
         report = VerifyReport()
         for stored in self.catalog.all_instances():
             try:
-                with self.blobs.open(stored.blob_key) as f:
+                with self.open_instance(stored) as f:
                     size, digest = sha256_of(f)
             except FileNotFoundError:
                 report.missing.append(stored.sop_instance_uid)

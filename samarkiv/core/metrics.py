@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -30,3 +30,10 @@ class Metrics:
         self.associations = Counter(
             "samarkiv_associations", "DICOM associations by outcome", ["outcome"], registry=r
         )
+        self.written_back = Counter(
+            "samarkiv_written_back_instances", "Objects moved from the write-back journal to the blob store", registry=r
+        )
+        self.journal_instances = Gauge(
+            "samarkiv_journal_instances", "Objects waiting in the write-back journal", registry=r
+        )
+        self.journal_bytes = Gauge("samarkiv_journal_bytes", "Bytes waiting in the write-back journal", registry=r)

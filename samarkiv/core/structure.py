@@ -38,6 +38,8 @@ class Layout:
     size: int
     # (tag, start, end) of each top-level element of the dataset, in order
     spans: list[tuple[int, int, int]] = field(default_factory=list)
+    # how the data set is really encoded (some writers label implicit VR as explicit)
+    explicit_vr: bool = True
 
 
 class _Walker:
@@ -163,19 +165,26 @@ def inspect_file(path: Path) -> Layout:
         if size == 0:
             raise MalformedDataset("empty file")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            ts, offset = _meta(buf)
-            layout = Layout(ts, offset, size)
-            if ts == DeflatedExplicitVRLittleEndian:
-                _check_deflate(buf, offset)
-                return layout
-            walker = _Walker(
-                buf, explicit=ts != ImplicitVRLittleEndian, little=ts != ExplicitVRBigEndian
-            )
-            layout.spans = walker.top_level(offset, size)
-            return layout
+            return inspect_buffer(buf)
 
 
-def _check_deflate(buf: mmap.mmap, offset: int) -> None:
+def inspect_buffer(buf: mmap.mmap | bytes) -> Layout:
+    """Check the structure of a Part 10 file held in ``buf`` and map its elements."""
+    size = len(buf)
+    if size == 0:
+        raise MalformedDataset("empty file")
+    ts, offset = _meta(buf)
+    layout = Layout(ts, offset, size)
+    if ts == DeflatedExplicitVRLittleEndian:
+        _check_deflate(buf, offset)
+        return layout
+    walker = _Walker(buf, explicit=ts != ImplicitVRLittleEndian, little=ts != ExplicitVRBigEndian)
+    layout.spans = walker.top_level(offset, size)
+    layout.explicit_vr = walker.explicit
+    return layout
+
+
+def _check_deflate(buf: mmap.mmap | bytes, offset: int) -> None:
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
         for start in range(offset, len(buf), 1 << 20):
@@ -195,11 +204,69 @@ def header_bytes(path: Path, layout: Layout) -> bytes | None:
     """The file with its bulk data elements left out: a compact, parseable header."""
     if not layout.spans:
         return None
-    with open(path, "rb") as f:
-        parts = [f.read(layout.dataset_offset)]
-        for tag, start, end in layout.spans:
-            if tag == PIXEL_DATA or end - start > BULK_THRESHOLD:
-                continue
-            f.seek(start)
-            parts.append(f.read(end - start))
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        return header_of_buffer(buf, layout)
+
+
+def header_of_buffer(buf: mmap.mmap | bytes, layout: Layout) -> bytes | None:
+    """:func:`header_bytes` of a file held in ``buf``.
+
+    Left out: Pixel Data, and elements over 64 KiB other than sequences
+    (sequences are metadata, e.g. per-frame functional groups, and are kept
+    whole). The elements left out are named in a trailing private element
+    (:data:`OMITTED_GROUP`), so WADO-RS metadata can announce them as bulk data
+    without opening the object.
+    """
+    if not layout.spans:
+        return None
+    parts = [buf[: layout.dataset_offset]]
+    omitted: list[str] = []
+    trace_at = None  # the trace goes before any element of a group >= OMITTED_GROUP
+    for tag, start, end in layout.spans:
+        if tag >> 16 >= OMITTED_GROUP and trace_at is None:
+            trace_at = len(parts)
+        vr = _vr_at(buf, layout, tag, start) if tag == PIXEL_DATA or end - start > BULK_THRESHOLD else ""
+        if tag == PIXEL_DATA or (end - start > BULK_THRESHOLD and vr != "SQ"):
+            omitted.append(f"{tag:08X}:{vr if len(vr) == 2 else ''}:{end - start}")
+        else:
+            parts.append(buf[start:end])
+    if omitted and not any(tag >> 16 == OMITTED_GROUP for tag, _s, _e in layout.spans):
+        parts.insert(len(parts) if trace_at is None else trace_at, _omitted_trace(layout, omitted))
     return b"".join(parts)
+
+
+# The trailing private element naming what the header copy left out:
+# (FFFB,0010) LO creator, (FFFB,1000) UT "TTTTTTTT:VR:LENGTH ..." (VR empty when
+# implicit VR data leaves it to the dictionary; LENGTH is the element's bytes).
+OMITTED_GROUP = 0xFFFB
+OMITTED_CREATOR = "SAMARKIV OMITTED"
+OMITTED_ELEMENT = 0x1000
+
+
+def _vr_at(buf: mmap.mmap | bytes, layout: Layout, tag: int, start: int) -> str:
+    """The VR of the top-level element at ``start``, as encoded or from the dictionary."""
+    if layout.explicit_vr:
+        return bytes(buf[start + 4 : start + 6]).decode("ascii", "replace")
+    if struct.unpack_from("<L", buf, start + 4)[0] == _UNDEFINED:
+        return "SQ"  # implicit VR: only sequences have undefined length
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return ""
+
+
+def _omitted_trace(layout: Layout, records: list[str]) -> bytes:
+    order = ">" if layout.transfer_syntax_uid == ExplicitVRBigEndian else "<"
+    text = " ".join(records).encode("ascii")
+    text += b" " * (len(text) % 2)
+
+    def element(elem: int, vr: bytes, value: bytes) -> bytes:
+        if not layout.explicit_vr:
+            return struct.pack(order + "HHL", OMITTED_GROUP, elem, len(value)) + value
+        if vr in _LONG_VRS:
+            return struct.pack(order + "HH2sHL", OMITTED_GROUP, elem, vr, 0, len(value)) + value
+        return struct.pack(order + "HH2sH", OMITTED_GROUP, elem, vr, len(value)) + value
+
+    return element(0x0010, b"LO", OMITTED_CREATOR.encode("ascii")) + element(OMITTED_ELEMENT, b"UT", text)

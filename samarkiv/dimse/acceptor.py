@@ -99,6 +99,15 @@ class DicomListener:
             rq = peek_associate_rq(conn)
         except (OSError, pdu.ProtocolError):
             rq = None
+        if rq is not None and self.archive.owner_for(rq.calling_ae) is None:
+            # PS3.8 9.3.4: rejected-permanent, service-user, calling AE title not recognised
+            log.warning("association refused: calling AE title belongs to no organisation")
+            self.archive.metrics.associations.labels("rejected").inc()
+            try:
+                conn.sendall(pdu.encode_associate_rj(1, 1, 3))
+            finally:
+                conn.close()
+            return
         if rq is not None and is_fast(rq):
             conn.settimeout(120)
             FastAssociation(conn, self.archive, self.inflight, self.admit, self.release).run()

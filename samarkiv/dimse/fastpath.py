@@ -110,14 +110,46 @@ def recv_exact(sock: socket.socket, size: int) -> bytearray:
     return buf
 
 
-class _Message:
-    """A DIMSE message being received: its command and its data set's destination."""
+class _Spool:
+    """A received data set: in memory while it is small enough for the write-back
+    journal, spilled to a staging file beyond that."""
 
-    def __init__(self, context_id: int, command: dict[int, int | str], sink: BinaryIO, path: Path | None) -> None:
+    def __init__(self, archive: Archive, head: bytes) -> None:
+        self.archive = archive
+        self.limit = archive.settings.inline_max_bytes
+        self.buffer = bytearray(head)
+        self.path: Path | None = None
+        self.file: BinaryIO | None = None
+
+    def write(self, data: memoryview) -> None:
+        if self.file is not None:
+            self.file.write(data)
+            return
+        self.buffer += data
+        if len(self.buffer) > self.limit:
+            self.path = self.archive.new_staging_file()
+            self.file = open(self.path, "wb")
+            self.file.write(self.buffer)
+            self.buffer = bytearray()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def discard(self) -> None:
+        self.close()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+class _Message:
+    """A DIMSE message being received: its command and its data set's destination
+    (a spool for C-STORE, a small buffer for query and retrieve identifiers)."""
+
+    def __init__(self, context_id: int, command: dict[int, int | str], sink: _Spool | BytesIO) -> None:
         self.context_id = context_id
         self.command = command
         self.sink = sink
-        self.path = path
 
 
 class FastAssociation:
@@ -236,7 +268,7 @@ class FastAssociation:
         if message is None:
             raise pdu.ProtocolError("data set fragment without a request")
         message.sink.write(data)
-        if message.path is None and message.sink.tell() > _MAX_IDENTIFIER:
+        if isinstance(message.sink, BytesIO) and message.sink.tell() > _MAX_IDENTIFIER:
             raise pdu.ProtocolError("identifier too large")
         if last:
             self._message = None
@@ -262,41 +294,41 @@ class FastAssociation:
             if field == pdu.C_STORE_RQ:
                 self._start_store(context_id, command)
             else:
-                self._message = _Message(context_id, command, BytesIO(), None)
+                self._message = _Message(context_id, command, BytesIO())
         else:
             raise pdu.ProtocolError(f"command {field!r} is not served on this association")
 
     def _drop_partial_message(self) -> None:
         message, self._message = self._message, None
-        if message is not None:
-            message.sink.close()
-            if message.path is not None:
-                message.path.unlink(missing_ok=True)
+        if message is not None and isinstance(message.sink, _Spool):
+            message.sink.discard()
 
     # --- C-STORE SCP ----------------------------------------------------------------
 
     def _start_store(self, context_id: int, command: dict[int, int | str]) -> None:
         abstract, ts = self.contexts[context_id]
-        path = self.archive.new_staging_file()
-        sink = open(path, "wb")
         sop_class = str(command.get(pdu.AFFECTED_SOP_CLASS, abstract))
         sop_instance = str(command.get(pdu.AFFECTED_SOP_INSTANCE, ""))
-        sink.write(pdu.file_meta(sop_class, sop_instance, ts, self.calling_ae))
-        self._message = _Message(context_id, command, sink, path)
+        spool = _Spool(self.archive, pdu.file_meta(sop_class, sop_instance, ts, self.calling_ae))
+        self._message = _Message(context_id, command, spool)
 
     def _finish_store(self, message: _Message) -> None:
         command = message.command
         sop_class = str(command.get(pdu.AFFECTED_SOP_CLASS, ""))
         sop_instance = str(command.get(pdu.AFFECTED_SOP_INSTANCE, ""))
-        assert message.path is not None
+        spool = message.sink
+        assert isinstance(spool, _Spool)
+        expected = {
+            "source_aet": self.calling_ae,
+            "expected_sop_instance_uid": sop_instance or None,
+            "expected_sop_class_uid": sop_class or None,
+        }
         with self.inflight:
-            result = self.archive.store_file(
-                message.path,
-                source_aet=self.calling_ae,
-                expected_sop_instance_uid=sop_instance or None,
-                expected_sop_class_uid=sop_class or None,
-            )
-        message.path.unlink(missing_ok=True)  # moved into the blob store, or rejected
+            if spool.path is None:
+                result = self.archive.store_bytes(bytes(spool.buffer), **expected)
+            else:
+                result = self.archive.store_file(spool.path, **expected)
+        spool.discard()  # moved into the archive, or rejected
         status = status_for(result)
         response = pdu.encode_response(
             pdu.C_STORE_RSP,
@@ -523,10 +555,8 @@ class FastAssociation:
 
     def _reencoded(self, stored: StoredInstance, target: UID) -> bytes:
         """The stored uncompressed object encoded in ``target`` (PS3.5 A.1-A.3)."""
-        path = self.archive.instance_path(stored)
-        if path is None:
-            raise FileNotFoundError(stored.blob_key)
-        return encode_dataset(transcode(path, target), target)
+        with self.archive.open_instance(stored) as blob:
+            return encode_dataset(transcode(blob, target), target)
 
     def _await_store_response(self, message_id: int) -> int:
         """Read PDUs until the C-STORE-RSP for ``message_id`` (C-CANCELs noted meanwhile)."""

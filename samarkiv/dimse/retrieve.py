@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -199,8 +199,9 @@ def _swap_byte_order(ds: Dataset) -> None:
             elem.value = bytes(swapped)
 
 
-def transcode(path: Path, target: UID) -> Dataset:
-    """The uncompressed object at ``path``, made ready to encode in ``target`` (PS3.5 A.1-A.3)."""
+def transcode(path: Path | BinaryIO, target: UID) -> Dataset:
+    """The uncompressed object in ``path`` (a file or an open one), made ready to
+    encode in ``target`` (PS3.5 A.1-A.3)."""
     ds = dcmread(path)
     source_little = ds.original_encoding[1]
     for _elem in ds.iterall():  # decode every element under the encoding it was read with

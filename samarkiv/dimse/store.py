@@ -18,6 +18,7 @@ STATUS_FOR_REASON = {
     RejectReason.PATIENT_CONFLICT: 0xC001,  # Error: study belongs to another patient
     RejectReason.DUPLICATE_CONFLICT: 0x0111,  # Failure: duplicate SOP Instance
     RejectReason.OUT_OF_RESOURCES: 0xA700,  # Refused: out of resources
+    RejectReason.NOT_AUTHORISED: 0x0124,  # Refused: not authorized (PS3.7 C.5.21)
 }
 SOP_CLASS_MISMATCH = 0xA900  # Error: data set does not match SOP class
 

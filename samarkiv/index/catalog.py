@@ -12,9 +12,13 @@ from sqlalchemy import Connection, Engine, String, delete, func, insert, select,
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from ..identity.national import Issuer
+from ..identity.organisations import Organisation
+from ..identity.patients import Identifier, current_person, person_of, resolve_identity
 from .schema import (
     archive_state,
     conflicts,
+    inline_blobs,
     instances,
     nodes,
     patients,
@@ -96,8 +100,15 @@ class Catalog:
         self.writer = writer or engine
         # (table, key...) -> (pk, parent pk) of patient/study/series rows known
         # to be committed; saves three lookups per stored instance.
-        self._known: dict[tuple, tuple[int, int | None]] = {}
+        self._known: dict[tuple, Any] = {}
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        # Built once: a statement made per call costs more than its execution.
+        self._insert_instance = (
+            self._insert(instances)
+            .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+            .returning(instances.c.pk)
+        )
+        self._insert_inline = insert(inline_blobs)
 
     # --- lookups -------------------------------------------------------------
 
@@ -186,14 +197,28 @@ class Catalog:
         accept_patient_conflict: bool,
         replace: StoredInstance | None = None,
         keep_replaced: bool = False,
+        inline: bytes | None = None,
+        patient_ids: tuple[tuple[str, Issuer], ...] = (),
+        owner: Organisation | None = None,
     ) -> None:
         """Commit the index rows of one instance in one transaction.
+
+        ``inline`` is the object itself, kept in the write-back journal under
+        the instance's ``db/`` blob key, in the same transaction.
+
+        ``patient_ids`` (the dataset's Patient ID and Other Patient IDs with
+        their issuers) are resolved by the master patient index
+        (identity/patients.py) in the same transaction: the patient row is
+        keyed by the canonical (Patient ID, issuer), never by a bare Patient ID.
 
         Raises PatientConflict (nothing written) when the study belongs to
         another patient and conflicts are not accepted, InstanceExists when the
         SOP Instance UID is taken and ``replace`` is not given.
         """
-        args = (patient, study, series_values, instance, accept_patient_conflict, replace, keep_replaced)
+        args = (
+            patient, study, series_values, instance, accept_patient_conflict, replace, keep_replaced, inline,
+            patient_ids, owner,
+        )  # fmt: skip
         try:
             learned = self._add_instance(*args)
         except IntegrityError:
@@ -227,13 +252,20 @@ class Catalog:
         accept_patient_conflict: bool,
         replace: StoredInstance | None,
         keep_replaced: bool,
+        inline: bytes | None,
+        patient_ids: tuple[tuple[str, Issuer], ...],
+        owner: Organisation | None,
     ) -> dict:
         now = utcnow()
         learned: dict = {}
         instance = dict(instance)
         header = instance.pop("header", None)
         with self.writer.begin() as conn:
-            patient_key = {k: patient[k] for k in ("patient_id", "issuer_of_patient_id")}
+            key = self._patient_key(conn, patient_ids, owner, learned) if patient_ids else None
+            if key is not None:
+                patient_key = {"patient_id": key.value, "issuer_of_patient_id": key.issuer}
+            else:
+                patient_key = {k: patient[k] for k in ("patient_id", "issuer_of_patient_id")}
             patient_values = {k: v for k, v in patient.items() if k not in patient_key}
             patient_pk, _ = self._parent_pk(
                 conn, patients, patient_key, {**patient_values, "created_at": now, "updated_at": now}, learned
@@ -247,7 +279,8 @@ class Catalog:
                 learned,
             )
             if owner_pk != patient_pk:
-                self._patient_mismatch(conn, owner_pk, patient, study, instance, accept_patient_conflict, now)
+                keyed = {**patient, **patient_key}
+                self._patient_mismatch(conn, owner_pk, keyed, study, instance, accept_patient_conflict, now)
             series_pk, _ = self._parent_pk(
                 conn,
                 series,
@@ -271,15 +304,37 @@ class Catalog:
             if replace is not None:
                 self._replace(conn, replace, row, study, keep_replaced, now)
             else:
-                inserted = conn.execute(
-                    self._insert(instances)
-                    .values(**row)
-                    .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-                    .returning(instances.c.pk)
-                ).first()
+                inserted = conn.execute(self._insert_instance, row).first()
                 if inserted is None:
                     raise InstanceExists(instance["sop_instance_uid"])
+            if inline is not None:
+                conn.execute(self._insert_inline, {"key": row["blob_key"], "data": inline, "stored_at": now})
         return learned
+
+    def _patient_key(
+        self,
+        conn: Connection,
+        patient_ids: tuple[tuple[str, Issuer], ...],
+        owner: Organisation | None,
+        learned: dict,
+    ) -> Identifier:
+        """The canonical patient key (identity.patients.resolve_identity), cached
+        once committed: a known key never changes (merges move persons, not keys)."""
+        cache_key = ("identity", owner.pk if owner is not None else None, patient_ids)
+        hit = self._known.get(cache_key)
+        if hit is not None:
+            return hit
+        (value, issuer), others = patient_ids[0], patient_ids[1:]
+        resolved = resolve_identity(conn, value, issuer, others, owner)
+        if not resolved.linked and not resolved.flagged and not resolved.conflicts:
+            learned[cache_key] = resolved.identifier
+        return resolved.identifier
+
+    def _same_person(self, conn: Connection, a: Identifier, b: Identifier) -> bool:
+        first, second = person_of(conn, a), person_of(conn, b)
+        if first is None or second is None:
+            return False
+        return current_person(conn, first) == current_person(conn, second)
 
     def _patient_mismatch(
         self,
@@ -295,6 +350,12 @@ class Catalog:
         owner = conn.execute(
             select(patients.c.patient_id, patients.c.issuer_of_patient_id).where(patients.c.pk == owner_pk)
         ).one()
+        if self._same_person(
+            conn,
+            Identifier(owner.patient_id, owner.issuer_of_patient_id),
+            Identifier(patient["patient_id"], patient["issuer_of_patient_id"]),
+        ):
+            return  # one person under two organisations' IDs: file with the study as it is
         if not accept:
             raise PatientConflict(owner.patient_id, owner.issuer_of_patient_id)
         conn.execute(
@@ -350,6 +411,54 @@ class Catalog:
         ).rowcount
         if changed != 1:
             raise InstanceExists(replace.sop_instance_uid)
+
+    # --- the write-back journal (schema.inline_blobs) ---------------------------
+
+    def inline_data(self, key: str) -> bytes | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(inline_blobs.c.data).where(inline_blobs.c.key == key)).scalar()
+
+    def inline_batch(self, limit: int) -> list[tuple[str, bytes]]:
+        """The oldest journalled objects, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(inline_blobs.c.key, inline_blobs.c.data).order_by(inline_blobs.c.seq).limit(limit)
+            )
+            return [(row.key, row.data) for row in rows]
+
+    def inline_backlog(self) -> tuple[int, int]:
+        """(objects, bytes) waiting in the journal."""
+        with self.engine.connect() as conn:
+            count, size = conn.execute(
+                select(func.count(), func.coalesce(func.sum(func.length(inline_blobs.c.data)), 0))
+            ).one()
+        return int(count), int(size)
+
+    def relocate(self, moves: Sequence[tuple[str, str]]) -> list[str]:
+        """Point the rows naming each journal key at its new blob key and drop the
+        journal copies, in one transaction; return the new keys nothing names
+        (their objects were replaced meanwhile, so the caller deletes them)."""
+        unreferenced = []
+        with self.writer.begin() as conn:
+            for old, new in moves:
+                named = 0
+                for table in (instances, superseded_instances):
+                    named += conn.execute(
+                        update(table).where(table.c.blob_key == old).values(blob_key=new)
+                    ).rowcount
+                conn.execute(delete(inline_blobs).where(inline_blobs.c.key == old))
+                if not named:
+                    unreferenced.append(new)
+        return unreferenced
+
+    def delete_inline(self, key: str) -> None:
+        with self.writer.begin() as conn:
+            conn.execute(delete(inline_blobs).where(inline_blobs.c.key == key))
+
+    def blob_key_of(self, pk: int) -> str | None:
+        """The current blob key of instance ``pk`` (it changes when the journal moves it)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(instances.c.blob_key).where(instances.c.pk == pk)).scalar()
 
     # --- conflicts, nodes, state -------------------------------------------------
 

@@ -129,6 +129,8 @@ instances = Table(
     Column("size", BigInteger, nullable=False),
     Column("sha256", String(64), nullable=False),
     Column("source_aet", String(16)),
+    # The organisation that produced the object (identity_schema.organisations)
+    Column("org_pk", Integer),
     Column("stored_at", DateTime(timezone=True), nullable=False),
     # The Part 10 header without bulk data (elements over 64 KiB), zlib-compressed;
     # answers return keys that have no column of their own.
@@ -136,6 +138,8 @@ instances = Table(
 )
 Index("ix_instances_series", instances.c.series_pk)
 Index("ix_instances_stored_at", instances.c.stored_at)
+Index("ix_instances_blob_key", instances.c.blob_key)
+Index("ix_instances_org", instances.c.org_pk)  # the journal mover and the sweeps look up by key
 
 # Earlier versions of an instance kept under the keep-both duplicate policy.
 superseded_instances = Table(
@@ -151,6 +155,20 @@ superseded_instances = Table(
     Column("superseded_at", DateTime(timezone=True), nullable=False),
 )
 Index("ix_superseded_sop", superseded_instances.c.sop_instance_uid)
+Index("ix_superseded_blob_key", superseded_instances.c.blob_key)
+
+# The write-back journal of small objects (docs/architecture.md, "A store"):
+# an object up to ``inline_max_bytes`` is made durable in the same transaction
+# as its index rows (one sync instead of three), under a ``db/`` blob key, and
+# moved to the blob store in the background, which then renames the key.
+inline_blobs = Table(
+    "inline_blobs",
+    metadata,
+    Column("seq", Integer, primary_key=True),  # arrival order: the mover takes the oldest
+    Column("key", String(64), nullable=False, unique=True),
+    Column("stored_at", DateTime(timezone=True), nullable=False),
+    Column("data", LargeBinary, nullable=False),  # last: SQLite reads the others without it
+)
 
 # Problems found while storing (patient/study mismatch, replaced duplicates).
 conflicts = Table(

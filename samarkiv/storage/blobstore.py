@@ -7,7 +7,7 @@ chooses and never rewrites one in place. A new backend is a new module.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -20,6 +20,13 @@ class BlobInfo:
     key: str
     size: int
     mtime: float
+    # The SHA-256 the store keeps beside the object (S3: x-amz-meta-sha256),
+    # when it keeps one and was asked (stat); None otherwise.
+    sha256: str | None = None
+
+
+class BlobStoreError(OSError):
+    """A blob store failed; the message is safe to show (it holds no secrets)."""
 
 
 @dataclass(frozen=True)
@@ -32,16 +39,28 @@ class Written:
 
 
 class BlobStore(Protocol):
-    def put_file(self, key: str, path: Path) -> None:
+    def put_file(self, key: str, path: Path, sha256: str | None = None) -> None:
         """Move the (not yet durable) file at ``path`` under ``key``, durably.
 
         The caller has hashed the file already (the core checks duplicates
-        before it writes), so this does not read it again."""
+        before it writes) and passes the digest as ``sha256`` where it has it:
+        a store that keeps checksums beside objects (S3) stores it, and
+        refuses the upload if the bytes sent do not match."""
 
     def put_stream(self, key: str, stream: BinaryIO) -> Written:
         """Copy ``stream`` under ``key``, durably, hashing in the same pass."""
 
-    def open(self, key: str) -> BinaryIO: ...
+    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Put several small objects (key, bytes) durably; the write-back journal's
+        mover uses it to make a batch durable at once."""
+
+    def open(self, key: str) -> BinaryIO:
+        """A seekable reader of the whole object; FileNotFoundError if absent."""
+
+    def open_range(self, key: str, start: int, end: int | None = None) -> BinaryIO:
+        """A reader of bytes ``[start, end)`` (clipped to the object, like a slice);
+        ``end=None`` reads to the end. For HTTP range requests (RFC 9110 14.2)
+        and frame access without reading the whole object."""
 
     def local_path(self, key: str) -> Path | None:
         """A filesystem path for ``key`` when the store has one (zero-copy sends)."""
@@ -50,7 +69,8 @@ class BlobStore(Protocol):
 
     def stat(self, key: str) -> BlobInfo | None: ...
 
-    def list(self, prefix: str = "") -> Iterator[BlobInfo]: ...
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        """Objects under the folder ``prefix`` ("2024/01" lists "2024/01/..."), any order."""
 
 
 def sha256_of(stream: BinaryIO) -> tuple[int, str]:

@@ -7,9 +7,10 @@ the directory fsynced, so a key either names a whole object or nothing.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,11 +36,12 @@ class FilesystemBlobStore:
         self._known_dirs: set[Path] = set()
 
     def _path(self, key: str) -> Path:
-        if key.startswith("/") or ".." in key.split("/"):
+        if not key or key.startswith("/") or ".." in key.split("/"):
             raise ValueError(f"invalid blob key {key!r}")
         return self.root / key
 
-    def _install(self, staged: Path, key: str) -> None:
+    def _install(self, staged: Path, key: str, *, sync: bool = True) -> Path:
+        """Rename ``staged`` to ``key``'s path; return its folder (fsynced if ``sync``)."""
         target = self._path(key)
         parent = target.parent
         if parent not in self._known_dirs:
@@ -47,9 +49,31 @@ class FilesystemBlobStore:
             _fsync_dir(parent.parent)
             self._known_dirs.add(parent)
         os.replace(staged, target)
-        _fsync_dir(parent)
+        if sync:
+            _fsync_dir(parent)
+        return parent
 
-    def put_file(self, key: str, path: Path) -> None:
+    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Put several small objects durably, with one fsync per folder instead of
+        one per object (each file is still fsynced before its rename)."""
+        staged: list[tuple[Path, str]] = []
+        try:
+            for key, data in items:
+                path = self.staging / f"{uuid.uuid4().hex}.part"
+                staged.append((path, key))
+                with open(path, "wb") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+            folders = {self._install(path, key, sync=False) for path, key in staged}
+        except BaseException:
+            for path, _key in staged:
+                path.unlink(missing_ok=True)
+            raise
+        for folder in folders:
+            _fsync_dir(folder)
+
+    def put_file(self, key: str, path: Path, sha256: str | None = None) -> None:
         if Path(path).stat().st_dev != self.staging.stat().st_dev:
             with open(path, "rb") as f:
                 self.put_stream(key, f)
@@ -78,6 +102,9 @@ class FilesystemBlobStore:
 
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")
+
+    def open_range(self, key: str, start: int, end: int | None = None) -> BinaryIO:
+        return io.BufferedReader(FileWindow(self._path(key), start, end), CHUNK)  # type: ignore[return-value]
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
@@ -113,3 +140,46 @@ class FilesystemBlobStore:
                 leftover.unlink(missing_ok=True)
                 removed.append(leftover)
         return removed
+
+
+class FileWindow(io.RawIOBase):
+    """Bytes ``[start, end)`` of a file (clipped to its size), seekable within them."""
+
+    def __init__(self, path: Path, start: int, end: int | None = None) -> None:
+        if start < 0 or (end is not None and end < 0):
+            raise ValueError("byte positions must not be negative")
+        self._file = open(path, "rb")
+        size = os.fstat(self._file.fileno()).st_size
+        self._start = min(start, size)
+        self._end = max(self._start, size if end is None else min(end, size))
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        count = min(len(buffer), self._end - self._start - self._pos)
+        if count <= 0:
+            return 0
+        data = os.pread(self._file.fileno(), count, self._start + self._pos)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._end - self._start}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if (file := getattr(self, "_file", None)) is not None:
+            file.close()
+        super().close()

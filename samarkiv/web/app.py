@@ -9,7 +9,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..core.archive import Archive
-from . import dicomweb
+from ..lifecycle import web as lifecycle_web
+from . import dicomweb, fhir, landing, viewer
+from .dicomweb import wado_uri
 from .dicomweb.errors import DicomWebError, dicomweb_error_handler
 
 
@@ -42,6 +44,11 @@ def create_app(archive: Archive, readiness: Readiness) -> FastAPI:
 
     settings = archive.settings
     app.include_router(dicomweb.create_router(archive), prefix=settings.dicomweb_root.rstrip("/"))
+    app.include_router(wado_uri.create_router(archive))  # /wado: WADO-URI (PS3.18 9)
+    app.include_router(viewer.create_router(settings))  # /viewer: OHIF
+    app.include_router(fhir.create_router(archive), prefix="/fhir")  # FHIR R4 read access
+    app.include_router(landing.create_router(archive))  # /
+    app.include_router(lifecycle_web.create_router(archive))  # /admin/capacity
     app.add_exception_handler(DicomWebError, dicomweb_error_handler)
     # JSON answers (QIDO-RS, metadata) are large and compress well; DICOM and
     # image payloads are left alone (GZip only touches text-like media types).

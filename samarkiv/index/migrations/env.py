@@ -2,6 +2,8 @@
 
 from alembic import context
 
+import samarkiv.index.identity_schema  # noqa: F401  (these modules' tables share the metadata)
+import samarkiv.index.lifecycle_schema  # noqa: F401
 from samarkiv.index.schema import metadata
 
 engine = context.config.attributes["engine"]

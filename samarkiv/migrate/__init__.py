@@ -1,0 +1,9 @@
+"""Migration of legacy archives: named, resumable, idempotent, verified jobs.
+
+- job.py: the job, its plan (studies, instances) and progress, kept in the index
+- sources/: where objects come from (DIMSE C-FIND + C-MOVE/C-GET, DICOMweb, files)
+- runner.py: parallel pulls with retries and the throttle (throttle.py)
+- mapping.py: issuer of patient ID and attribute coercion on the way in
+- verify.py, report.py: comparison with the source; CSV and HTML reports
+- cli.py: ``samarkiv migrate add|run|status|verify|report|list``
+"""

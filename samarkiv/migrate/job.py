@@ -1,0 +1,250 @@
+"""A migration job, its plan and its progress, all in the index (tables of index/migrate_schema.py).
+
+Study states: ``pending`` -> ``done`` | ``failed`` (after retries) | ``mismatch``
+(verification found a difference). Instance states: ``pending`` ->
+``migrated`` | ``present`` (already in the archive when planned: skipped) |
+``failed`` | ``mismatch``. A rerun works only on what is not ``done``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, bindparam, func, or_, insert, select, update
+
+from ..index.migrate_schema import migration_instances, migration_jobs, migration_studies
+
+SOURCE_KINDS = ("dimse", "dicomweb", "filesystem")
+
+
+class JobError(ValueError):
+    """A job that does not exist, exists already, or has bad options."""
+
+
+@dataclass(frozen=True)
+class Job:
+    pk: int
+    name: str
+    source_kind: str
+    options: dict[str, Any]
+    state: str
+    enumerated: bool
+
+
+@dataclass(frozen=True)
+class PlannedStudy:
+    pk: int
+    study_instance_uid: str
+    study_date: str | None
+    source_ref: str | None
+    state: str
+    planned: bool
+    attempts: int
+
+
+@dataclass(frozen=True)
+class PlannedInstance:
+    """One expected instance: where the source keeps it (a path, URL or nothing for DIMSE)."""
+
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str | None = None
+    source_ref: str | None = None
+    size: int | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _job(row: Any) -> Job:
+    return Job(row.pk, row.name, row.source_kind, json.loads(row.options), row.state, bool(row.enumerated))
+
+
+def _study(row: Any) -> PlannedStudy:
+    return PlannedStudy(row.pk, row.study_instance_uid, row.study_date, row.source_ref, row.state, bool(row.planned), row.attempts)
+
+
+class JobStore:
+    """Reads on ``engine``, writes on ``writer`` (SQLite's single writer connection)."""
+
+    def __init__(self, engine: Engine, writer: Engine | None = None) -> None:
+        self.engine = engine
+        self.writer = writer or engine
+
+    # --- jobs ---------------------------------------------------------------------------
+
+    def create(self, name: str, source_kind: str, options: dict[str, Any]) -> Job:
+        if not name or len(name) > 64:
+            raise JobError("a job name is 1-64 characters")
+        if source_kind not in SOURCE_KINDS:
+            raise JobError(f"unknown source kind {source_kind!r} (one of {', '.join(SOURCE_KINDS)})")
+        if self.find(name) is not None:
+            raise JobError(f"a migration named {name!r} exists already")
+        now = _now()
+        with self.writer.begin() as conn:
+            conn.execute(
+                insert(migration_jobs).values(
+                    name=name, source_kind=source_kind, options=json.dumps(options), state="new",
+                    enumerated=False, created_at=now, updated_at=now,
+                )
+            )  # fmt: skip
+        return self.get(name)
+
+    def find(self, name: str) -> Job | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(migration_jobs).where(migration_jobs.c.name == name)).first()
+        return _job(row) if row else None
+
+    def get(self, name: str) -> Job:
+        job = self.find(name)
+        if job is None:
+            raise JobError(f"no migration named {name!r}")
+        return job
+
+    def jobs(self) -> list[Job]:
+        with self.engine.connect() as conn:
+            return [_job(r) for r in conn.execute(select(migration_jobs).order_by(migration_jobs.c.pk))]
+
+    def set_job(self, job: Job, **values: Any) -> None:
+        with self.writer.begin() as conn:
+            conn.execute(update(migration_jobs).where(migration_jobs.c.pk == job.pk).values(updated_at=_now(), **values))
+
+    # --- the plan -------------------------------------------------------------------------
+
+    def add_studies(self, job: Job, studies: Iterable[tuple[str, str | None, str | None]]) -> int:
+        """Record (Study Instance UID, Study Date, source ref) rows not yet known; return how many were new."""
+        with self.engine.connect() as conn:
+            known = set(conn.scalars(select(migration_studies.c.study_instance_uid).where(migration_studies.c.job_pk == job.pk)))
+        rows, now = [], _now()
+        for uid, date, ref in studies:
+            if uid and uid not in known:
+                known.add(uid)
+                rows.append(dict(job_pk=job.pk, study_instance_uid=uid, study_date=date, source_ref=ref, state="pending", planned=False, attempts=0, updated_at=now))
+        if rows:
+            with self.writer.begin() as conn:
+                conn.execute(insert(migration_studies), rows)
+        return len(rows)
+
+    def studies(self, job: Job, states: Sequence[str] | None = None) -> list[PlannedStudy]:
+        query = select(migration_studies).where(migration_studies.c.job_pk == job.pk)
+        if states is not None:
+            query = query.where(migration_studies.c.state.in_(states))
+        with self.engine.connect() as conn:
+            return [_study(r) for r in conn.execute(query.order_by(migration_studies.c.study_date, migration_studies.c.pk))]
+
+    def plan_study(self, job: Job, study: PlannedStudy, instances: Sequence[PlannedInstance], present: set[str]) -> None:
+        """Record the instances the source holds for ``study``; those in ``present`` are skipped."""
+        with self.engine.connect() as conn:
+            known = set(conn.scalars(select(migration_instances.c.sop_instance_uid).where(migration_instances.c.study_pk == study.pk)))
+        rows = [
+            dict(job_pk=job.pk, study_pk=study.pk, series_instance_uid=i.series_instance_uid, sop_instance_uid=i.sop_instance_uid,
+                 sop_class_uid=i.sop_class_uid, source_ref=i.source_ref, size=i.size,
+                 state="present" if i.sop_instance_uid in present else "pending")
+            for i in instances if i.sop_instance_uid not in known
+        ]  # fmt: skip
+        with self.writer.begin() as conn:
+            if rows:
+                conn.execute(insert(migration_instances), rows)
+            conn.execute(update(migration_studies).where(migration_studies.c.pk == study.pk).values(planned=True, updated_at=_now()))
+
+    def instances(self, study: PlannedStudy, states: Sequence[str] | None = None) -> list[PlannedInstance]:
+        query = select(migration_instances).where(migration_instances.c.study_pk == study.pk)
+        if states is not None:
+            query = query.where(migration_instances.c.state.in_(states))
+        with self.engine.connect() as conn:
+            return [
+                PlannedInstance(r.series_instance_uid, r.sop_instance_uid, r.sop_class_uid, r.source_ref, r.size)
+                for r in conn.execute(query.order_by(migration_instances.c.pk))
+            ]
+
+    def mark_instances(self, study: PlannedStudy, uids: Iterable[str], state: str, reason: str | None = None) -> None:
+        uids = list(uids)
+        if not uids:
+            return
+        with self.writer.begin() as conn:
+            for start in range(0, len(uids), 500):
+                conn.execute(
+                    update(migration_instances)
+                    .where(migration_instances.c.study_pk == study.pk, migration_instances.c.sop_instance_uid.in_(uids[start : start + 500]))
+                    .values(state=state, reason=reason)
+                )
+
+    def record_source_digest(self, study: PlannedStudy, uid: str, digest: str, size: int) -> None:
+        with self.writer.begin() as conn:
+            conn.execute(
+                update(migration_instances)
+                .where(migration_instances.c.study_pk == study.pk, migration_instances.c.sop_instance_uid == uid)
+                .values(source_sha256=digest, size=size)
+            )
+
+    def source_digests(self, study: PlannedStudy) -> dict[str, str]:
+        """SHA-256 of the dataset bytes the source sent, recorded where the mapping changed them."""
+        query = select(migration_instances.c.sop_instance_uid, migration_instances.c.source_sha256).where(
+            migration_instances.c.study_pk == study.pk, migration_instances.c.source_sha256.is_not(None)
+        )
+        with self.engine.connect() as conn:
+            return dict(conn.execute(query).all())
+
+    def set_study(self, study: PlannedStudy, state: str, message: str | None = None, attempts: int | None = None) -> None:
+        values: dict[str, Any] = dict(state=state, message=message, updated_at=_now())
+        if attempts is not None:
+            values["attempts"] = attempts
+        with self.writer.begin() as conn:
+            conn.execute(update(migration_studies).where(migration_studies.c.pk == study.pk).values(**values))
+
+    def mark_found(self, study: PlannedStudy, sizes: dict[str, int]) -> None:
+        """Instances the archive now holds: ``migrated``, with their stored size."""
+        if not sizes:
+            return
+        statement = (
+            update(migration_instances)
+            .where(migration_instances.c.study_pk == bindparam("study"), migration_instances.c.sop_instance_uid == bindparam("uid"))
+            .where(or_(*(migration_instances.c.state == state for state in ("pending", "failed", "mismatch"))))
+            .values(state="migrated", reason=None, size=bindparam("nbytes"))
+        )
+        with self.writer.begin() as conn:
+            conn.execute(statement, [dict(study=study.pk, uid=uid, nbytes=size) for uid, size in sizes.items()])
+
+    # --- progress ---------------------------------------------------------------------------
+
+    def progress(self, job: Job) -> dict[str, Any]:
+        """Counts of studies and instances by state, and bytes of migrated instances."""
+        with self.engine.connect() as conn:
+            studies = Counter(dict(conn.execute(
+                select(migration_studies.c.state, func.count()).where(migration_studies.c.job_pk == job.pk).group_by(migration_studies.c.state)
+            ).all()))  # fmt: skip
+            rows = conn.execute(
+                select(migration_instances.c.state, func.count(), func.coalesce(func.sum(migration_instances.c.size), 0))
+                .where(migration_instances.c.job_pk == job.pk)
+                .group_by(migration_instances.c.state)
+            ).all()
+        instances = Counter({state: count for state, count, _size in rows})
+        sizes = {state: int(size) for state, _count, size in rows}
+        return {
+            "job": job.name, "source": job.source_kind, "state": job.state, "enumerated": job.enumerated,
+            "studies": dict(studies), "studies_total": sum(studies.values()),
+            "instances": dict(instances), "instances_total": sum(instances.values()),
+            "bytes_migrated": sizes.get("migrated", 0),
+        }  # fmt: skip
+
+    def all_instances(self, job: Job) -> list[dict[str, Any]]:
+        """Every planned instance with its study, for reports."""
+        query = (
+            select(
+                migration_studies.c.study_instance_uid, migration_studies.c.state.label("study_state"),
+                migration_instances.c.series_instance_uid, migration_instances.c.sop_instance_uid,
+                migration_instances.c.state, migration_instances.c.size, migration_instances.c.reason,
+            )
+            .join(migration_studies, migration_studies.c.pk == migration_instances.c.study_pk)
+            .where(migration_instances.c.job_pk == job.pk)
+            .order_by(migration_studies.c.pk, migration_instances.c.pk)
+        )  # fmt: skip
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+

@@ -1,0 +1,71 @@
+"""A streaming ``multipart/related`` writer (RFC 2387, RFC 2046 5.1; PS3.18 8.6.1.2).
+
+Parts are produced one after the other from iterables of byte chunks, so a
+study of any size passes through with memory bounded by one chunk.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+CHUNK = 1 << 20
+
+
+@dataclass
+class Part:
+    """One body part: its Content-Type, extra header fields, and its content."""
+
+    content_type: str
+    body: Iterable[bytes]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def new_boundary() -> str:
+    # RFC 2046 5.1.1: up to 70 characters, never found in the content (a random
+    # UUID is as good as a check, and a check would need the whole body).
+    return f"samarkiv-{uuid.uuid4().hex}"
+
+
+def content_type(part_type: str, boundary: str, transfer_syntax: str | None = None) -> str:
+    """The Content-Type of the whole message (PS3.18 8.6.1.2.2)."""
+    value = f'multipart/related; type="{part_type}"; boundary={boundary}'
+    if transfer_syntax:
+        value += f"; transfer-syntax={transfer_syntax}"
+    return value
+
+
+def part_content_type(media_type: str, transfer_syntax: str | None = None) -> str:
+    return f"{media_type}; transfer-syntax={transfer_syntax}" if transfer_syntax else media_type
+
+
+def write_parts(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
+    """The encoded message: each part's header, then its content, then the close
+    delimiter. Parts are pulled lazily, so a part may be computed on demand."""
+    marker = f"--{boundary}".encode("ascii")
+    for part in parts:
+        header = [f"Content-Type: {part.content_type}"]
+        header.extend(f"{name}: {value}" for name, value in part.headers.items())
+        yield marker + b"\r\n" + "\r\n".join(header).encode("latin-1") + b"\r\n\r\n"
+        for chunk in part.body:
+            if chunk:
+                yield chunk if isinstance(chunk, bytes) else bytes(chunk)
+        yield b"\r\n"
+    yield marker + b"--\r\n"
+
+
+def file_chunks(stream: BinaryIO, start: int = 0, length: int | None = None, chunk: int = CHUNK) -> Iterator[bytes]:
+    """``length`` bytes (or everything) of ``stream`` from ``start``, in chunks."""
+    stream.seek(start)
+    remaining = length
+    while remaining is None or remaining > 0:
+        data = stream.read(chunk if remaining is None else min(chunk, remaining))
+        if not data:
+            if remaining:
+                raise OSError(f"stored object ends {remaining} bytes early")
+            return
+        if remaining is not None:
+            remaining -= len(data)
+        yield data
