@@ -131,6 +131,9 @@ class Settings:
     # false in a regional setup: a calling AE no organisation lists is rejected.
     accept_unknown_aets: bool = True
     dicomweb_root: str = "/dicomweb"
+    # QIDO-RS answers at most this many matches per request (PS3.18 8.3.4.4: a
+    # Warning header says more exist; the client pages with offset).
+    qido_max_results: int = 10_000
     # HL7 v2 ADT over MLLP (samarkiv/hl7/): the listener's port, 0 = off.
     hl7_port: int = 0
     # The organisation whose issuer keys PID-3 identifiers without an assigning

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import warnings
 import xml.etree.ElementTree as ET
 import zlib
@@ -133,7 +134,8 @@ def test_bulk_data_uris(archive, sample_files: list[Path]) -> None:  # type: ign
 
 
 def test_cache_follows_stores_and_replacements(make_archive) -> None:  # type: ignore[no-untyped-def]
-    server = make_archive('duplicate_policy = "keep-new"\n')
+    # never idle: nothing is prepared in the background, so every conversion is counted here
+    server = make_archive('duplicate_policy = "keep-new"\njournal_idle_seconds = 3600\n')
     web = client(server)
     instances = series_of(3, SeriesDescription="cache test")
     first = instances[0]
@@ -161,6 +163,101 @@ def test_cache_follows_stores_and_replacements(make_archive) -> None:  # type: i
     assert [i for i in study if i["00080018"]["Value"][0] == changed.SOPInstanceUID][0]["00204000"]["Value"] == [
         "replaced"
     ]
+
+
+# --- metadata prepared in the background (instance_json) ------------------------------------
+
+
+def test_instance_json_migration_matches_the_table(index_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from samarkiv.index.engine import create_index_engine, migrate
+    from samarkiv.index.metadata_schema import instance_json
+
+    engine = create_index_engine(index_url, writer=index_url.startswith("sqlite"))
+    try:
+        migrate(engine)
+        with engine.connect() as conn:
+            diffs = compare_metadata(MigrationContext.configure(conn), instance_json.metadata)
+        assert [d for d in diffs if "instance_json" in repr(d)] == []
+    finally:
+        engine.dispose()
+
+
+def wait_prepared(server, count: float, timeout: float = 120) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the journal mover has prepared ``count`` instances' metadata."""
+    deadline = time.monotonic() + timeout
+    while metric(server, "samarkiv_metadata_prepared_total") < count:
+        assert time.monotonic() < deadline, "metadata was not prepared in time"
+        time.sleep(0.2)
+
+
+def series_url(server, ds: pydicom.Dataset) -> str:  # type: ignore[no-untyped-def]
+    return f"{server.http}/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata"
+
+
+def test_cold_series_answered_from_prepared_rows(make_archive) -> None:  # type: ignore[no-untyped-def]
+    """Once the archive is idle the journal mover prepares each instance's JSON; a
+    200-instance series is then answered cold (nothing of it in memory) with no header
+    converted, and equals pydicom's JSON of what was sent."""
+    server = make_archive("journal_idle_seconds = 0\n")
+    instances = series_of(200, SeriesDescription="prepared")
+    for start in range(0, len(instances), 50):
+        response = stow(server, [part10(ds) for ds in instances[start : start + 50]])
+        assert response.status_code == 200, response.text
+    wait_prepared(server, len(instances))
+    assert metric(server, "samarkiv_written_back_instances_total") == len(instances)  # journal drained first
+
+    served = httpx.get(series_url(server, instances[0]), timeout=60)
+    assert served.status_code == 200
+    assert metric(server, "samarkiv_metadata_conversions_total") == 0
+    items = {item["00080018"]["Value"][0]: item for item in served.json()}
+    assert len(items) == len(instances) and set(items) == {ds.SOPInstanceUID for ds in instances}
+    for ds in (instances[0], instances[-1]):
+        expected = expected_metadata(part10(ds), prefix(ds))
+        assert normalised(items[ds.SOPInstanceUID]) == normalised(expected)
+        assert items[ds.SOPInstanceUID]["7FE00010"]["BulkDataURI"].startswith(server.http + "/dicomweb/studies/")
+
+
+def test_prepared_equals_converted(make_archive) -> None:  # type: ignore[no-untyped-def]
+    """Without background preparation a request converts the headers and keeps the
+    rows (write-through): the next answer over the same instances is read from
+    them, unconverted, and is the same JSON."""
+    server = make_archive("journal_idle_seconds = 3600\n")
+    instances = series_of(3)
+    client(server).store_instances(instances)
+    ds = instances[0]
+    converted = httpx.get(series_url(server, ds)).json()
+    assert metric(server, "samarkiv_metadata_conversions_total") == 3
+    study = httpx.get(f"{server.http}/dicomweb/studies/{ds.StudyInstanceUID}/metadata").json()
+    assert metric(server, "samarkiv_metadata_conversions_total") == 3
+    assert metric(server, "samarkiv_metadata_prepared_total") == 0
+    assert study == converted
+    gzipped = httpx.get(series_url(server, ds), headers={"Accept-Encoding": "gzip"})
+    assert gzipped.headers.get("content-encoding") == "gzip" and gzipped.json() == converted
+
+
+def test_replaced_instance_serves_new_json(make_archive) -> None:  # type: ignore[no-untyped-def]
+    """keep-new: a prepared row of the replaced object is never served; the new
+    object's JSON is converted once and kept."""
+    server = make_archive('duplicate_policy = "keep-new"\njournal_idle_seconds = 0\n')
+    web = client(server)
+    instances = series_of(2)
+    web.store_instances(instances)
+    wait_prepared(server, 2)
+    changed = instances[1]
+    changed.ImageComments = "replaced"
+    assert web.store_instances([changed]).ReferencedSOPSequence[0].WarningReason == 0xB011
+
+    def comments(url: str) -> dict[str, object]:
+        return {i["00080018"]["Value"][0]: i.get("00204000", {}).get("Value") for i in httpx.get(url).json()}
+
+    assert comments(series_url(server, changed))[changed.SOPInstanceUID] == ["replaced"]
+    assert metric(server, "samarkiv_metadata_conversions_total") == 1  # only the replaced one
+    study_url = f"{server.http}/dicomweb/studies/{changed.StudyInstanceUID}/metadata"
+    assert comments(study_url) == {instances[0].SOPInstanceUID: [instances[0].ImageComments], changed.SOPInstanceUID: ["replaced"]}
+    assert metric(server, "samarkiv_metadata_conversions_total") == 1  # kept by the first answer
 
 
 def test_xml_and_gzip(archive) -> None:  # type: ignore[no-untyped-def]

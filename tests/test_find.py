@@ -95,11 +95,11 @@ _STATUS = re.compile(r"DIMSE Status\s*:\s*0x([0-9a-f]{4})", re.IGNORECASE)
 _OFFENDING = re.compile(r"\(0000,0901\) at (\([0-9a-f]{4},[0-9a-f]{4}\))")
 
 
-def findscu(server, out: Path, keys: list[str], model: str = "-S") -> tuple[int, list[Dataset], str]:  # type: ignore[no-untyped-def]
+def findscu(server, out: Path, keys: list[str], model: str = "-S", extra: tuple[str, ...] = ()) -> tuple[int, list[Dataset], str]:  # type: ignore[no-untyped-def]
     """Run one C-FIND; return the final status, the responses (read with pydicom) and the log."""
     require_tool("findscu")
     out.mkdir(parents=True)
-    args = ["findscu", model, "-d", "-X", "-od", str(out), "-aec", server.aet]
+    args = ["findscu", model, "-d", "-X", "-od", str(out), "-aec", server.aet, *extra]
     for key in keys:
         args += ["-k", key]
     result = subprocess.run(

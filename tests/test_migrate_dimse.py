@@ -124,21 +124,6 @@ def test_killed_run_resumes_to_the_same_result(make_archive, start_legacy) -> No
     _assert_holds_exactly(server, legacy.files)
 
 
-def test_refused_associations_are_retried(make_archive, start_legacy, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """dcmqrscp in single-process mode serves one association at a time; four parallel pulls get refusals."""
-    server = make_archive(start=False)
-    legacy = start_legacy(max_associations=1)
-    server.cli(
-        "migrate", "add", "gentle", "--source", "dimse", "--host", "127.0.0.1", "--port", str(legacy.port),
-        "--called-aet", LEGACY_AET, "--mode", "get", "--associations", "4", "--retries", "8", "--backoff", "0.2",
-        "--timeout", "10",
-    )  # fmt: skip
-    server.cli("migrate", "run", "gentle", "--no-progress", check=False)
-    server.cli("migrate", "run", "gentle", "--no-progress")  # whatever was left after the retries
-    assert _status(server, "gentle")["instances"] == {"migrated": len(legacy.files)}
-    _assert_holds_exactly(server, legacy.files)
-
-
 def test_bad_options_are_clear_errors(make_archive) -> None:  # type: ignore[no-untyped-def]
     server = make_archive(start=False)
     result = server.cli("migrate", "add", "x", "--source", "dimse", "--host", "127.0.0.1", "--port", "1", "--called-aet", "A", check=False)

@@ -55,7 +55,7 @@ def test_migration_matches_the_table_definitions(engine: Engine):
 
 def test_migration_downgrades_and_upgrades(engine: Engine):
     config = alembic_config(engine)
-    command.downgrade(config, "-1")
+    command.downgrade(config, "0003")  # the revision before the identity tables
     assert not IDENTITY_TABLES & set(inspect(engine).get_table_names())
     command.upgrade(config, "head")
     assert IDENTITY_TABLES <= set(inspect(engine).get_table_names())

@@ -358,7 +358,7 @@ def _template(db: sqlite3.Connection, internal_id: int) -> _LevelTemplate:
     )
 
 
-def fill_orthanc_index(index: Path, cat: Catalogue, *, log=print) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def fill_orthanc_index(index: Path, cat: Catalogue, *, log=print, share_template_file: bool = False) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Add ``cat`` to the SQLite index of a stopped Orthanc that stored at least one file.
 
     The rows of one real stored instance (and its series, study, patient) are
@@ -366,7 +366,9 @@ def fill_orthanc_index(index: Path, cat: Catalogue, *, log=print) -> dict[str, A
     attachment rows, with its own identifiers, names, numbers and public IDs.
     The attachments name files that do not exist, so only queries that Orthanc
     answers from its index (StorageAccessOnFind=Never, or no match) work on
-    the synthetic resources.
+    the synthetic resources. With ``share_template_file``, every synthetic
+    attachment names the template instance's own file instead, so that code
+    which reads a file per match (Orthanc's DICOMweb plugin) finds one.
     """
     started = time.perf_counter()
     db = sqlite3.connect(index, isolation_level=None)
@@ -408,6 +410,9 @@ def fill_orthanc_index(index: Path, cat: Catalogue, *, log=print) -> dict[str, A
         for kind, v in t.metadata:
             meta.append((rid, kind, (meta_subst or {}).get(kind, v)))
         for a in t.attachments:
+            if share_template_file:
+                files.append((rid, *a))
+                continue
             md5 = hashlib.md5(str(rid).encode()).hexdigest()
             files.append((rid, a[0], str(uuid.UUID(int=random.getrandbits(128), version=4)), a[2], a[3], a[4], md5, md5))
 

@@ -106,6 +106,11 @@ class Samarkiv:
         return self.data.parent / f"{self.data.name}-serve.log"
 
     @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb root (samarkiv's default ``dicomweb_root``), no trailing slash."""
+        return f"http://127.0.0.1:{self.http_port}/dicomweb"
+
+    @property
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
@@ -143,6 +148,15 @@ class Samarkiv:
         self.stop()
 
 
+DICOMWEB_PLUGIN_PATHS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so", "/usr/lib/orthanc/libOrthancDicomWeb.so")
+
+
+def orthanc_dicomweb_plugin() -> str | None:
+    """Path of Orthanc's DICOMweb plugin (Debian package orthanc-dicomweb), or None."""
+    candidates = [*DICOMWEB_PLUGIN_PATHS, *sorted(map(str, Path("/usr/lib/orthanc").glob("libOrthancDicomWeb.so*")))]
+    return next((c for c in candidates if Path(c).exists()), None)
+
+
 def orthanc_version() -> str:
     try:
         out = subprocess.run(["Orthanc", "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -166,6 +180,11 @@ class Orthanc:
     http_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
     name: str = "orthanc"
+    dicomweb: bool = False  # load the DICOMweb plugin, root /dicom-web/
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
 
     @property
     def storage(self) -> Path:
@@ -205,8 +224,15 @@ class Orthanc:
             "OrthancExplorerEnabled": False,
             "WebDavEnabled": False,
             "SaveJobs": False,
+            **(self._dicomweb_config() if self.dicomweb else {}),
             **self.extra,
         }
+
+    def _dicomweb_config(self) -> dict[str, Any]:
+        plugin = orthanc_dicomweb_plugin()
+        if plugin is None:
+            raise RuntimeError("Orthanc's DICOMweb plugin is not installed (apt-get install orthanc-dicomweb)")
+        return {"Plugins": [plugin], "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False}}
 
     def start(self, timeout: float = 120.0) -> "Orthanc":
         self.storage.mkdir(parents=True, exist_ok=True)

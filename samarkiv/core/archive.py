@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
@@ -24,12 +25,19 @@ from typing import BinaryIO
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import ConflictPolicy, DuplicatePolicy, Settings
-from ..index.catalog import Catalog, InstanceExists, PatientConflict, StoredInstance
-from ..identity.organisations import Organisation, default_organisation, organisation_for_aet, sync_from_settings
+from ..identity.organisations import (
+    Organisation,
+    default_organisation,
+    organisation_for_aet,
+    sync_from_settings,
+)
 from ..identity.patients import IdentityError
+from ..identity.query import PatientScope, scope_patient_keys
+from ..index.catalog import Catalog, InstanceExists, PatientConflict, StoredInstance
 from ..index.engine import create_index_engine, migrate
-from ..storage.blobstore import sha256_of
-from ..storage.blobstore import BlobStore
+from ..index.query import PreparedQuery, Query, prepare
+from ..index.retrieval import RetrieveRequest, find_instances
+from ..storage.blobstore import BlobStore, sha256_of
 from ..storage.tiers import open_tiers
 from .ingest import ParsedInstance, RejectedDataset, parse_buffer, parse_instance
 from .metrics import Metrics
@@ -40,6 +48,7 @@ SWEEP_WATERMARK = "orphan_sweep_watermark"
 OWNER_CACHE_SECONDS = 10
 INLINE_PREFIX = "db/"  # blob keys of objects held in the write-back journal
 IN_PLACE_PREFIX = "file:"  # blob keys of files indexed where they lie (migrate); never moved or deleted
+MAX_BLOB_KEY = 255  # instances.blob_key
 
 
 class StoreOutcome(StrEnum):
@@ -265,12 +274,23 @@ class Archive:
             return self._stored(uid, size, replace)
         return _busy(uid)
 
+    def store_in_place(self, path: Path, *, source_aet: str | None = None) -> StoreResult:
+        """Index the file at ``path`` where it lies, without copying it (a legacy
+        archive's folders): its blob key is ``file:`` + the absolute path; it is
+        never moved or deleted, and ``verify`` notices if it changes."""
+        path = path.resolve()
+        if len(IN_PLACE_PREFIX) + len(str(path)) > MAX_BLOB_KEY:
+            return StoreResult(StoreOutcome.REJECTED, None, RejectReason.INVALID, "the path is too long to index in place")
+        return self._observed(partial(self._store_file, in_place=True), path, source_aet, None, None)
+
     def _store_file(
         self,
         path: Path,
         source_aet: str | None,
         expected_sop_instance_uid: str | None,
         expected_sop_class_uid: str | None,
+        *,
+        in_place: bool = False,
     ) -> StoreResult:
         """The blob-file path for large objects: the blob is durable before the commit."""
         owner = self.owner_for(source_aet)
@@ -294,7 +314,9 @@ class Archive:
                     self._discard(key)
                     return decided
                 replace = existing
-            if key is None:
+            if in_place:
+                key = f"{IN_PLACE_PREFIX}{path}"
+            elif key is None:
                 key = _blob_key(datetime.now(UTC))
                 self.blobs.put_file(key, path, digest)
             try:
@@ -382,6 +404,26 @@ class Archive:
         )
 
     # --- read ----------------------------------------------------------------------
+
+    def prepare_query(self, query: Query, requester_aet: str | None) -> tuple[PreparedQuery, PatientScope]:
+        """``query`` compiled for the index with its patient keys resolved through
+        the master patient index for the requesting organisation (identity/query.py).
+        Raises QueryError when the query cannot be run."""
+        scope = scope_patient_keys(self.engine, query, self.owner_for(requester_aet), self.settings)
+        prepared = prepare(scope.query, self.engine.dialect.name)
+        if scope.condition is not None:
+            prepared.conditions.append(scope.condition)
+        return prepared, scope
+
+    def find_instances(self, request: RetrieveRequest) -> list[StoredInstance]:
+        """The stored instances a retrieve names (C-GET, C-MOVE, WADO); each
+        study read is noted for the lifecycle rules' "not accessed for" test."""
+        from ..lifecycle.access import note_access  # lifecycle builds on the core
+
+        found = find_instances(self.engine, request)
+        for study_uid in {stored.study_instance_uid for stored in found}:
+            note_access(self, study_uid)
+        return found
 
     def open_instance(self, stored: StoredInstance) -> BinaryIO:
         """The stored object's bytes, wherever they are (journal or blob store)."""

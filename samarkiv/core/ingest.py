@@ -25,7 +25,6 @@ from ..identity.national import Issuer, identifiers_in_dataset, issuer_of
 from .structure import (
     _LONG_VRS,
     BULK_THRESHOLD,
-    PIXEL_DATA,
     Layout,
     MalformedDataset,
     header_of_buffer,
@@ -116,6 +115,29 @@ _SEQUENCE_TAGS = tuple(
 _KEYWORD_TAGS = {keyword: int(Tag(keyword)) for keyword in _INDEXED_KEYWORDS}
 
 
+# The instances of a study arrive together and repeat the same patient
+# sequences byte for byte: decode each distinct one once (bounded caches).
+_SEQUENCES: dict[tuple[bytes, bool, bool, str], Dataset] = {}
+_PATIENT_IDS: dict[tuple[bytes | None, bytes | None, bytes, str], tuple[tuple[str, Issuer], ...]] = {}
+_CACHE_LIMIT = 256
+_PATIENT_ID_TAG = int(Tag("PatientID"))
+_ISSUER_TAG = int(Tag("IssuerOfPatientID"))
+
+
+def _sequences(raw: bytes, explicit: bool, little: bool, charset: str) -> Dataset:
+    """The indexed sequences, decoded by pydicom (read-only: shared between calls)."""
+    key = (raw, explicit, little, charset)
+    ds = _SEQUENCES.get(key)
+    if ds is None:
+        ds = read_dataset(BytesIO(raw), not explicit, little) if raw else Dataset()
+        if raw and charset:
+            ds.SpecificCharacterSet = charset  # items decode in the data set's character set
+        if len(_SEQUENCES) >= _CACHE_LIMIT:
+            _SEQUENCES.clear()
+        _SEQUENCES[key] = ds
+    return ds
+
+
 class _RawValues:
     """The indexed top-level attributes read straight from the received bytes.
 
@@ -128,6 +150,7 @@ class _RawValues:
         self.encoding = encoding
         self.us = struct.Struct("<H" if little else ">H")
         self.ds = sequences  # the indexed sequences only, decoded by pydicom
+        self.sequence_bytes = b""
 
     @classmethod
     def of(cls, buf: mmap.mmap | bytes, layout: Layout) -> _RawValues | None:
@@ -148,10 +171,20 @@ class _RawValues:
         encoding = _SIMPLE_CHARSETS.get(charset)
         if encoding is None:
             return None
-        ds = read_dataset(BytesIO(b"".join(sequences)), not explicit, little) if sequences else Dataset()
-        if sequences and charset:
-            ds.SpecificCharacterSet = charset  # items decode in the data set's character set
-        return cls(raw, encoding, little, ds)
+        sequence_bytes = b"".join(sequences)
+        values = cls(raw, encoding, little, _sequences(sequence_bytes, explicit, little, charset))
+        values.sequence_bytes = sequence_bytes
+        return values
+
+    @property
+    def patient_ids(self) -> tuple[tuple[str, Issuer], ...]:
+        key = (self.raw.get(_PATIENT_ID_TAG), self.raw.get(_ISSUER_TAG), self.sequence_bytes, self.encoding)
+        found = _PATIENT_IDS.get(key)
+        if found is None:
+            if len(_PATIENT_IDS) >= _CACHE_LIMIT:
+                _PATIENT_IDS.clear()
+            found = _PATIENT_IDS[key] = _patient_ids_of(self)
+        return found
 
     def text(self, keyword: str) -> str | None:
         tag = _KEYWORD_TAGS[keyword]
@@ -210,6 +243,10 @@ def _patient_ids(values: _Values) -> tuple[tuple[str, Issuer], ...]:
     """The Patient ID with its issuer, then the Other Patient IDs (PS3.3 C.7.1.1)."""
     if isinstance(values, _DatasetValues):
         return tuple((found.value, found.issuer) for found in identifiers_in_dataset(values.ds))
+    return values.patient_ids  # type: ignore[attr-defined]
+
+
+def _patient_ids_of(values: _RawValues) -> tuple[tuple[str, Issuer], ...]:
     qualifiers = values.ds.get("IssuerOfPatientIDQualifiersSequence")
     universal = Issuer()
     if qualifiers:

@@ -219,17 +219,22 @@ def header_of_buffer(buf: mmap.mmap | bytes, layout: Layout) -> bytes | None:
     """
     if not layout.spans:
         return None
-    parts = [buf[: layout.dataset_offset]]
+    parts: list[bytes] = []
     omitted: list[str] = []
     trace_at = None  # the trace goes before any element of a group >= OMITTED_GROUP
+    run = 0  # the kept bytes are copied in contiguous runs, not element by element
     for tag, start, end in layout.spans:
         if tag >> 16 >= OMITTED_GROUP and trace_at is None:
+            parts.append(buf[run:start])
+            run = start
             trace_at = len(parts)
-        vr = _vr_at(buf, layout, tag, start) if tag == PIXEL_DATA or end - start > BULK_THRESHOLD else ""
-        if tag == PIXEL_DATA or (end - start > BULK_THRESHOLD and vr != "SQ"):
-            omitted.append(f"{tag:08X}:{vr if len(vr) == 2 else ''}:{end - start}")
-        else:
-            parts.append(buf[start:end])
+        if tag == PIXEL_DATA or end - start > BULK_THRESHOLD:
+            vr = _vr_at(buf, layout, tag, start)
+            if tag == PIXEL_DATA or vr != "SQ":
+                omitted.append(f"{tag:08X}:{vr if len(vr) == 2 else ''}:{end - start}")
+                parts.append(buf[run:start])
+                run = end
+    parts.append(buf[run : layout.spans[-1][2]])
     if omitted and not any(tag >> 16 == OMITTED_GROUP for tag, _s, _e in layout.spans):
         parts.insert(len(parts) if trace_at is None else trace_at, _omitted_trace(layout, omitted))
     return b"".join(parts)

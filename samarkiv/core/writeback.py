@@ -5,6 +5,13 @@ Small objects are acknowledged once they sit, fsynced, in the index's
 archive has been idle for ``journal_idle_seconds`` (so the move never competes
 with a burst of stores), or at once while the journal holds more than
 ``journal_max_bytes``.
+
+When idle it also prepares the WADO-RS metadata (DICOM JSON) of instances
+that lack it (web/dicomweb/metadata.py, ``instance_json``), so that study and
+series metadata are answered without converting headers. Doing this here
+rather than in the store path keeps ingest fast, covers both store paths
+(journal and blob file) and archives indexed before the table existed; the
+request path converts and keeps whatever is not prepared yet.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from .archive import Archive
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
+PREPARE_BATCH = 200  # instances whose metadata is prepared between two idle checks
 
 
 class JournalMover:
@@ -29,6 +37,7 @@ class JournalMover:
         self.archive = archive
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="journal-mover", daemon=True)
+        self._prepared_upto = 0  # instances up to this primary key were looked at
 
     def start(self) -> None:
         self._thread.start()
@@ -38,10 +47,35 @@ class JournalMover:
         self._stop.set()
         self._thread.join(timeout)
 
+    def _idle(self) -> bool:
+        return time.monotonic() - self.archive.last_store >= self.archive.settings.journal_idle_seconds
+
     def _due(self, backlog_bytes: int) -> bool:
-        settings = self.archive.settings
-        idle = time.monotonic() - self.archive.last_store >= settings.journal_idle_seconds
-        return idle or backlog_bytes > settings.journal_max_bytes
+        return self._idle() or backlog_bytes > self.archive.settings.journal_max_bytes
+
+    def _prepare_metadata(self) -> None:
+        """While idle, prepare the metadata of instances stored since the last look.
+        Replaced objects (same primary key) are left to the request path. A
+        large backlog (an archive indexed before) is worked through at half
+        a core, pausing as long as each batch took, so queries and retrieves
+        served by this process meanwhile keep their pace."""
+        # imported here: the web layer builds on the core
+        from ..web.dicomweb.metadata import prepare_missing
+
+        while self._idle() and not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                looked_at, self._prepared_upto = prepare_missing(self.archive, self._prepared_upto, PREPARE_BATCH)
+            except SQLAlchemyError:
+                raise  # retried by the loop
+            except Exception:  # never let it stop the journal moves
+                self.archive.metrics.errors.labels("metadata-prepare").inc()
+                log.exception("preparing WADO-RS metadata failed; it is made on request instead")
+                self._stop.wait(60)
+                return
+            if looked_at < PREPARE_BATCH:
+                return
+            self._stop.wait(time.monotonic() - started)
 
     def _run(self) -> None:
         metrics = self.archive.metrics
@@ -57,7 +91,8 @@ class JournalMover:
                     metrics.journal_bytes.set(size)
                     if not moved:
                         break
+                self._prepare_metadata()
             except (OSError, SQLAlchemyError) as exc:
                 metrics.errors.labels("journal-move").inc()
-                log.error("moving journalled objects to the blob store failed (will retry): %s", exc)
+                log.error("journal mover: moving objects or preparing metadata failed (will retry): %s", exc)
                 self._stop.wait(5)

@@ -38,7 +38,7 @@ from ..core.archive import Archive
 from ..core.structure import MalformedDataset, dataset_offset
 from ..index.catalog import StoredInstance
 from ..index.query import QueryError
-from ..index.retrieval import IdentifierError, find_instances, parse_identifier
+from ..index.retrieval import IdentifierError, parse_identifier
 from ..storage.blobstore import CHUNK
 from . import pdu
 from .contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
@@ -489,7 +489,7 @@ class FastAssociation:
         except Exception as exc:  # noqa: BLE001  (pydicom on a garbled identifier)
             raise _Refused(UNABLE_TO_PROCESS, f"identifier cannot be decoded ({type(exc).__name__})") from None
         try:
-            return find_instances(self.archive.engine, request)
+            return self.archive.find_instances(request)
         except SQLAlchemyError as exc:
             self.archive.metrics.errors.labels("retrieve-index").inc()
             log.error("C-GET: index query failed: %s", exc)

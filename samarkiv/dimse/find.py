@@ -40,7 +40,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..core.archive import Archive
-from ..index.query import Level, Model, Query, QueryError, prepare
+from ..index.query import Level, Model, Query, QueryError
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def answer(
     try:
         try:
             query = query_from_identifier(identifier(), model)
-            prepared = prepare(query, archive.engine.dialect.name)
+            prepared, scope = archive.prepare_query(query, peer)
         except QueryError as exc:
             log.warning("C-FIND from %s refused: %s", peer, exc)
             yield _failure(IDENTIFIER_MISMATCH, str(exc), exc.keyword), None
@@ -212,7 +212,7 @@ def answer(
             if retrieve_aet:
                 match.RetrieveAETitle = archive.settings.aet
             matches += 1
-            yield pending, match
+            yield pending, scope.relabel(match)
         log.info(
             "C-FIND %s %s from %s: %d match(es) in %.1f ms",
             model.value, query.level.value, peer, matches, (time.perf_counter() - started) * 1000,

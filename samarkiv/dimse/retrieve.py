@@ -51,7 +51,6 @@ from ..index.catalog import StoredInstance
 from ..index.retrieval import (
     IdentifierError,
     InformationModel,
-    find_instances,
     parse_identifier,
     resolve_node,
 )
@@ -318,7 +317,7 @@ def resolve_request(event: evt.Event, archive: Archive) -> list[StoredInstance]:
     except IdentifierError as exc:
         raise Refused(IDENTIFIER_MISMATCH, str(exc)) from None
     try:
-        return find_instances(archive.engine, request)
+        return archive.find_instances(request)
     except SQLAlchemyError as exc:
         archive.metrics.errors.labels("retrieve-index").inc()
         log.error("retrieve: index query failed: %s", exc)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from ..identity.national import Issuer
 from ..identity.organisations import Organisation
 from ..identity.patients import Identifier, current_person, person_of, resolve_identity
+from .metadata_schema import instance_json
 from .schema import (
     archive_state,
     conflicts,
@@ -92,6 +95,16 @@ def stored_instances_select():  # type: ignore[no-untyped-def]
     )
 
 
+@dataclass
+class _Pending:
+    """One store waiting for a group commit (Catalog._group_commit)."""
+
+    args: tuple
+    done: bool = False
+    learned: dict | None = None
+    error: BaseException | None = None
+
+
 class Catalog:
     """The index as the core sees it. All methods are safe to call from many threads."""
 
@@ -102,6 +115,13 @@ class Catalog:
         # to be committed; saves three lookups per stored instance.
         self._known: dict[tuple, Any] = {}
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        # SQLite has one writer at a time; a thread that finds the lock taken
+        # sleeps in SQLite's busy handler (1, 2, 5, 10 ms ...). Writers of this
+        # process queue on a mutex instead and go the moment the lock is free.
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._writers = threading.Lock() if self._sqlite else nullcontext()
+        self._queue: list[_Pending] = []  # stores waiting for the group commit
+        self._queue_lock = threading.Lock()
         # Built once: a statement made per call costs more than its execution.
         self._insert_instance = (
             self._insert(instances)
@@ -109,6 +129,12 @@ class Catalog:
             .returning(instances.c.pk)
         )
         self._insert_inline = insert(inline_blobs)
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction (SQLite: BEGIN IMMEDIATE, one writer thread at a time)."""
+        with self._writers, self.writer.begin() as conn:
+            yield conn
 
     # --- lookups -------------------------------------------------------------
 
@@ -219,16 +245,59 @@ class Catalog:
             patient, study, series_values, instance, accept_patient_conflict, replace, keep_replaced, inline,
             patient_ids, owner,
         )  # fmt: skip
+        commit = self._group_commit if self._sqlite else self._own_transaction
         try:
-            learned = self._add_instance(*args)
+            learned = commit(args)
         except IntegrityError:
             # A cached patient/study/series row is gone (deleted or merged by
             # another process): forget what we know and try once more.
             self._known.clear()
-            learned = self._add_instance(*args)
+            learned = commit(args)
         if len(self._known) > 100_000:
             self._known.clear()
         self._known.update(learned)
+
+    def _own_transaction(self, args: tuple) -> dict:
+        with self._write() as conn:
+            return self._add_instance(conn, *args)
+
+    def _group_commit(self, args: tuple) -> dict:
+        """SQLite group commit: stores that arrive while another commits wait on
+        the write mutex; the first to get it commits every waiting store in one
+        transaction (a savepoint each, so one store's failure is its own) and
+        one WAL sync, and the others find their result ready."""
+        pending = _Pending(args)
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._writers:
+            if not pending.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit_batch(batch)
+        if pending.error is not None:
+            raise pending.error
+        return pending.learned or {}
+
+    def _commit_batch(self, batch: list[_Pending]) -> None:
+        try:
+            with self.writer.begin() as conn:
+                for item in batch:
+                    if len(batch) == 1:  # nothing to isolate it from: no savepoint
+                        item.learned = self._add_instance(conn, *item.args)
+                        continue
+                    try:
+                        with conn.begin_nested():
+                            item.learned = self._add_instance(conn, *item.args)
+                    except Exception as exc:  # noqa: BLE001 - rolled back to its savepoint; the others go on
+                        item.error = exc
+        except BaseException as exc:  # the commit failed: no store of the batch happened
+            for item in batch:
+                item.learned, item.error = None, exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for item in batch:
+                item.done = True
 
     def _parent_pk(
         self, conn: Connection, table, key: dict[str, Any], values: dict[str, Any], learned: dict
@@ -245,6 +314,7 @@ class Catalog:
 
     def _add_instance(
         self,
+        conn: Connection,
         patient: dict[str, Any],
         study: dict[str, Any],
         series_values: dict[str, Any],
@@ -256,59 +326,60 @@ class Catalog:
         patient_ids: tuple[tuple[str, Issuer], ...],
         owner: Organisation | None,
     ) -> dict:
+        """Write one instance's rows in the open transaction ``conn``; return the
+        keys learned (cached once committed)."""
         now = utcnow()
         learned: dict = {}
         instance = dict(instance)
         header = instance.pop("header", None)
-        with self.writer.begin() as conn:
-            key = self._patient_key(conn, patient_ids, owner, learned) if patient_ids else None
-            if key is not None:
-                patient_key = {"patient_id": key.value, "issuer_of_patient_id": key.issuer}
-            else:
-                patient_key = {k: patient[k] for k in ("patient_id", "issuer_of_patient_id")}
-            patient_values = {k: v for k, v in patient.items() if k not in patient_key}
-            patient_pk, _ = self._parent_pk(
-                conn, patients, patient_key, {**patient_values, "created_at": now, "updated_at": now}, learned
-            )
-            study_values = {k: v for k, v in study.items() if k != "study_instance_uid"}
-            study_pk, owner_pk = self._parent_pk(
-                conn,
-                studies,
-                {"study_instance_uid": study["study_instance_uid"]},
-                {**study_values, "patient_pk": patient_pk, "created_at": now, "updated_at": now},
-                learned,
-            )
-            if owner_pk != patient_pk:
-                keyed = {**patient, **patient_key}
-                self._patient_mismatch(conn, owner_pk, keyed, study, instance, accept_patient_conflict, now)
-            series_pk, _ = self._parent_pk(
-                conn,
-                series,
-                {"series_instance_uid": series_values["series_instance_uid"]},
-                {
-                    **{k: v for k, v in series_values.items() if k != "series_instance_uid"},
-                    "study_pk": study_pk,
-                    "created_at": now,
-                },
-                learned,
-            )
-            row = _clip(
-                instances,
-                {
-                    **instance,
-                    "series_pk": series_pk,
-                    "stored_at": now,
-                    "metadata": zlib.compress(header, 1) if header else None,
-                },
-            )
-            if replace is not None:
-                self._replace(conn, replace, row, study, keep_replaced, now)
-            else:
-                inserted = conn.execute(self._insert_instance, row).first()
-                if inserted is None:
-                    raise InstanceExists(instance["sop_instance_uid"])
-            if inline is not None:
-                conn.execute(self._insert_inline, {"key": row["blob_key"], "data": inline, "stored_at": now})
+        key = self._patient_key(conn, patient_ids, owner, learned) if patient_ids else None
+        if key is not None:
+            patient_key = {"patient_id": key.value, "issuer_of_patient_id": key.issuer}
+        else:
+            patient_key = {k: patient[k] for k in ("patient_id", "issuer_of_patient_id")}
+        patient_values = {k: v for k, v in patient.items() if k not in patient_key}
+        patient_pk, _ = self._parent_pk(
+            conn, patients, patient_key, {**patient_values, "created_at": now, "updated_at": now}, learned
+        )
+        study_values = {k: v for k, v in study.items() if k != "study_instance_uid"}
+        study_pk, owner_pk = self._parent_pk(
+            conn,
+            studies,
+            {"study_instance_uid": study["study_instance_uid"]},
+            {**study_values, "patient_pk": patient_pk, "created_at": now, "updated_at": now},
+            learned,
+        )
+        if owner_pk != patient_pk:
+            keyed = {**patient, **patient_key}
+            self._patient_mismatch(conn, owner_pk, keyed, study, instance, accept_patient_conflict, now)
+        series_pk, _ = self._parent_pk(
+            conn,
+            series,
+            {"series_instance_uid": series_values["series_instance_uid"]},
+            {
+                **{k: v for k, v in series_values.items() if k != "series_instance_uid"},
+                "study_pk": study_pk,
+                "created_at": now,
+            },
+            learned,
+        )
+        row = _clip(
+            instances,
+            {
+                **instance,
+                "series_pk": series_pk,
+                "stored_at": now,
+                "metadata": zlib.compress(header, 1) if header else None,
+            },
+        )
+        if replace is not None:
+            self._replace(conn, replace, row, study, keep_replaced, now)
+        else:
+            inserted = conn.execute(self._insert_instance, row).first()
+            if inserted is None:
+                raise InstanceExists(instance["sop_instance_uid"])
+        if inline is not None:
+            conn.execute(self._insert_inline, {"key": row["blob_key"], "data": inline, "stored_at": now})
         return learned
 
     def _patient_key(
@@ -439,7 +510,7 @@ class Catalog:
         journal copies, in one transaction; return the new keys nothing names
         (their objects were replaced meanwhile, so the caller deletes them)."""
         unreferenced = []
-        with self.writer.begin() as conn:
+        with self._write() as conn:
             for old, new in moves:
                 named = 0
                 for table in (instances, superseded_instances):
@@ -452,7 +523,7 @@ class Catalog:
         return unreferenced
 
     def delete_inline(self, key: str) -> None:
-        with self.writer.begin() as conn:
+        with self._write() as conn:
             conn.execute(delete(inline_blobs).where(inline_blobs.c.key == key))
 
     def blob_key_of(self, pk: int) -> str | None:
@@ -472,12 +543,12 @@ class Catalog:
             return [dict(r._mapping) for r in conn.execute(select(nodes).order_by(nodes.c.aet))]
 
     def add_node(self, aet: str, host: str, port: int, description: str = "") -> None:
-        with self.writer.begin() as conn:
+        with self._write() as conn:
             conn.execute(delete(nodes).where(nodes.c.aet == aet))
             conn.execute(insert(nodes).values(aet=aet, host=host, port=port, description=description))
 
     def remove_node(self, aet: str) -> bool:
-        with self.writer.begin() as conn:
+        with self._write() as conn:
             return conn.execute(delete(nodes).where(nodes.c.aet == aet)).rowcount > 0
 
     def state(self, key: str) -> str | None:
@@ -485,12 +556,64 @@ class Catalog:
             return conn.execute(select(archive_state.c.value).where(archive_state.c.key == key)).scalar()
 
     def set_state(self, key: str, value: str) -> None:
-        with self.writer.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 self._insert(archive_state)
                 .values(key=key, value=value)
                 .on_conflict_do_update(index_elements=["key"], set_={"value": value})
             )
+
+    # --- prepared WADO-RS metadata (metadata_schema.instance_json) ---------------
+
+    def unprepared_instances(self, after_pk: int, limit: int) -> tuple[list[Any], int]:
+        """Up to ``limit`` instances above primary key ``after_pk`` whose metadata is
+        not prepared for their current object (no row, or one of a replaced
+        object), oldest first, as rows of (pk, sha256, study_instance_uid,
+        series_instance_uid, sop_instance_uid, metadata); and the primary key up
+        to which every instance was looked at (the next call's ``after_pk``)."""
+        with self.engine.connect() as conn:
+            top = conn.execute(select(func.max(instances.c.pk))).scalar() or 0
+            rows = conn.execute(
+                select(
+                    instances.c.pk,
+                    instances.c.sha256,
+                    studies.c.study_instance_uid,
+                    series.c.series_instance_uid,
+                    instances.c.sop_instance_uid,
+                    instances.c.metadata,
+                )
+                .select_from(instances)
+                .join(series, instances.c.series_pk == series.c.pk)
+                .join(studies, series.c.study_pk == studies.c.pk)
+                .outerjoin(
+                    instance_json,
+                    (instance_json.c.instance_pk == instances.c.pk) & (instance_json.c.sha256 == instances.c.sha256),
+                )
+                .where(instances.c.pk > after_pk, instances.c.pk <= top, instance_json.c.instance_pk.is_(None))
+                .order_by(instances.c.pk)
+                .limit(limit)
+            ).all()
+        return rows, (rows[-1].pk if len(rows) >= limit else max(top, after_pk))
+
+    def save_instance_json(self, rows: Sequence[tuple[int, str, bytes]]) -> None:
+        """Insert or overwrite prepared metadata rows of (instance pk, sha256, data);
+        rows of instances deleted meanwhile are skipped (the foreign key)."""
+        if not rows:
+            return
+        statement = self._insert(instance_json)
+        statement = statement.on_conflict_do_update(
+            index_elements=["instance_pk"],
+            set_={"sha256": statement.excluded.sha256, "data": statement.excluded.data},
+        )
+        with self._write() as conn:
+            existing = set(
+                conn.execute(
+                    select(instances.c.pk).where(instances.c.pk.in_([pk for pk, _sha, _data in rows]))
+                ).scalars()
+            )
+            values = [{"instance_pk": pk, "sha256": sha, "data": data} for pk, sha, data in rows if pk in existing]
+            if values:
+                conn.execute(statement, values)
 
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:

@@ -22,6 +22,9 @@ def normalise_url(url: str) -> str:
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
     cursor = dbapi_connection.cursor()
+    # Takes effect when the file is created: the write-back journal keeps small
+    # objects in the index, and 16 KiB pages hold one in few WAL frames.
+    cursor.execute("PRAGMA page_size=16384")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged store survives power loss
     cursor.execute("PRAGMA foreign_keys=ON")

@@ -15,9 +15,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, or_, insert, select, update
+from sqlalchemy import Engine, bindparam, func, insert, or_, select, update
 
-from ..index.migrate_schema import migration_instances, migration_jobs, migration_studies
+from ..index.migrate_schema import (
+    migration_instances,
+    migration_jobs,
+    migration_studies,
+)
 
 SOURCE_KINDS = ("dimse", "dicomweb", "filesystem")
 

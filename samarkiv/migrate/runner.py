@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from ..core.archive import Archive, StoreOutcome, StoreResult
-from .inplace import store_in_place
 from .job import Job, JobStore, PlannedInstance, PlannedStudy
 from .mapping import Mapping, Rule
 from .sources import Source, SourceBusy, SourceError, open_source
@@ -191,7 +190,7 @@ class Runner:
         def deliver(item: bytes | Path) -> StoreResult:
             if isinstance(item, Path) and self.in_place:
                 self.throttle.acquire(1, 0)
-                result = store_in_place(self.archive, item, self.source_aet)
+                result = self.archive.store_in_place(item, source_aet=self.source_aet)
             else:
                 data = item.read_bytes() if isinstance(item, Path) else item
                 mapped = self.mapping.apply(data)

@@ -3,7 +3,10 @@
 from alembic import context
 
 import samarkiv.index.identity_schema  # noqa: F401  (these modules' tables share the metadata)
+import samarkiv.hl7.demographics  # noqa: F401
 import samarkiv.index.lifecycle_schema  # noqa: F401
+import samarkiv.index.migrate_schema  # noqa: F401
+import samarkiv.index.metadata_schema  # noqa: F401
 from samarkiv.index.schema import metadata
 
 engine = context.config.attributes["engine"]

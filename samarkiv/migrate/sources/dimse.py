@@ -17,11 +17,11 @@ from typing import Any
 
 from pydicom import Dataset
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -32,7 +32,11 @@ from pydicom.uid import (
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind as FIND,
+)
+from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet as GET,
+)
+from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove as MOVE,
 )
 

@@ -14,21 +14,9 @@ from ...core.archive import Archive
 
 def create_router(archive: Archive) -> APIRouter:
     """All DICOMweb routes, to be mounted at ``settings.dicomweb_root``."""
+    from . import metadata, qido, stow, wado  # the services import this package's helpers
+
     router = APIRouter()
-    for module in _service_modules():
-        router.include_router(module.create_router(archive))
+    for service in (stow, qido, metadata, wado):
+        router.include_router(service.create_router(archive))
     return router
-
-
-def _service_modules():  # type: ignore[no-untyped-def]
-    """The service modules present; each has ``create_router(archive) -> APIRouter``."""
-    import importlib
-
-    found = []
-    for name in ("stow", "qido", "metadata", "wado"):
-        try:
-            found.append(importlib.import_module(f"{__name__}.{name}"))
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-    return found

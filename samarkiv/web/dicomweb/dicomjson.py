@@ -25,6 +25,9 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from .accept import AcceptError, parse_accept, parse_media_range
+from .errors import DicomWebError
+
 # A top-level element: (tag, VR, value length) -> BulkDataURI, or None to inline it.
 BulkHandler = Callable[[int, str, int], "str | None"]
 
@@ -299,51 +302,27 @@ MULTIPART_XML = 'multipart/related; type="application/dicom+xml"'
 
 
 def media_params(value: str) -> tuple[str, dict[str, str]]:
-    """("type/subtype" lower-cased, {parameter: value}) of a media type (RFC 9110 8.3.1)."""
-    kind, *rest = _split_outside_quotes(value, ";")
-    params: dict[str, str] = {}
-    for item in rest:
-        name, sep, val = item.partition("=")
-        if sep:
-            val = val.strip()
-            if len(val) >= 2 and val[0] == val[-1] == '"':
-                val = val[1:-1].replace('\\"', '"')
-            params[name.strip().lower()] = val
-    return kind.strip().lower(), params
-
-
-def _split_outside_quotes(value: str, sep: str) -> list[str]:
-    parts, current, quoted = [], [], False
-    for char in value:
-        if char == '"':
-            quoted = not quoted
-        if char == sep and not quoted:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return parts
+    """("type/subtype" lower-cased, {parameter: value}) of a media type (RFC 9110 8.3.1);
+    ("", {}) when it cannot be parsed."""
+    try:
+        parsed = parse_media_range(value)
+    except AcceptError:
+        parsed = None
+    return (parsed.media_type, dict(parsed.params)) if parsed is not None else ("", {})
 
 
 def accepted(accept: str | None) -> Iterator[tuple[str, dict[str, str], float]]:
-    """The media ranges of an Accept header (or ``accept`` query parameter), best first."""
+    """The media ranges of an Accept header (or ``accept`` query parameter), best
+    first (accept.py parses; a malformed value is a 400)."""
     if not accept or not accept.strip():
         yield "*/*", {}, 1.0
         return
-    ranges = []
-    for position, item in enumerate(_split_outside_quotes(accept, ",")):
-        if not item.strip():
-            continue
-        kind, params = media_params(item)
-        try:
-            quality = float(params.pop("q", "1"))
-        except ValueError:
-            quality = 1.0
-        ranges.append((-quality, position, kind, params, quality))
-    for _q, _pos, kind, params, quality in sorted(ranges):
-        if quality > 0:
-            yield kind, params, quality
+    try:
+        ranges = [r for r in parse_accept([accept]) if r.q > 0]
+    except AcceptError as exc:
+        raise DicomWebError(400, f"malformed Accept: {exc}") from None
+    for media_range in sorted(ranges, key=lambda r: -r.q):  # stable: request order within a quality
+        yield media_range.media_type, dict(media_range.params), media_range.q
 
 
 def choose(accept: str | None, offered: dict[str, Callable[[str, dict[str, str]], bool]]) -> str | None:

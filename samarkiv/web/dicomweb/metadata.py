@@ -1,18 +1,28 @@
 """WADO-RS metadata (PS3.18 10.4.1.1.2): study, series and instance metadata.
 
-Answered from the header copies the archive keeps at store time (the
-``instances.metadata`` column: each object without Pixel Data and without
-other elements over 64 KiB), never from the stored objects themselves. What
-the header left out is named in its trailing trace (core/structure.py) and
-announced as a BulkDataURI, ``{base}/studies/{st}/series/{se}/instances/{sop}/bulk/{tag}``,
+Answered from prepared DICOM JSON, never from the stored objects: each
+instance's JSON object is made once from the header copy the archive keeps at
+store time (the ``instances.metadata`` column: the object without Pixel Data
+and without other elements over 64 KiB) and kept, zlib-compressed, in the
+``instance_json`` table (index/metadata_schema.py) under the SHA-256 of the
+object it was made from. The journal mover prepares it when the archive is
+idle (:func:`prepare_missing`, core/writeback.py); a request that finds an
+instance unprepared, or prepared for an object since replaced, converts its
+header then and writes the row, so the next request finds it. A study or
+series answer is one query for the prepared rows, decompressed and joined as
+bytes, without parsing them again.
+
+What the header left out is named in its trailing trace (core/structure.py)
+and announced as a BulkDataURI, ``{base}/studies/{st}/series/{se}/instances/{sop}/bulk/{tag}``,
 which the WADO-RS retrieve module serves. Top-level binary elements over
 1 KiB become BulkDataURIs too; smaller ones and everything nested in
-sequences stay inline.
+sequences stay inline. The prepared JSON holds these URIs as paths
+(``/studies/...``); the request's DICOMweb root is put in front when serving
+(the base depends on the host the client used).
 
-Study and series answers are cached in memory, keyed on the (primary key,
-SHA-256) list of their instances, which changes with every store, replacement
-or deletion; each instance's JSON is cached on its own (primary key, SHA-256),
-so a series that grows by one instance costs one conversion.
+Assembled answers (and their gzip form) are cached in memory, keyed on the
+(primary key, SHA-256) list of their instances, which changes with every
+store, replacement or deletion.
 
 Exceptions (they read the stored object): objects stored with a deflated
 transfer syntax, for which no header copy exists.
@@ -26,6 +36,7 @@ import json
 import logging
 import threading
 import uuid
+import weakref
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -36,25 +47,46 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry, Counter
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from ...core.archive import Archive
-from ...core.structure import OMITTED_CREATOR, OMITTED_ELEMENT, OMITTED_GROUP, PIXEL_DATA
+from ...core.structure import (
+    OMITTED_CREATOR,
+    OMITTED_ELEMENT,
+    OMITTED_GROUP,
+    PIXEL_DATA,
+)
+from ...index.metadata_schema import instance_json
 from ...index.schema import instances, series, studies
-from .dicomjson import DICOM_JSON, DICOM_XML, choose, dataset_json, json_accepted, multipart_parts, xml_accepted, xml_document
+from .dicomjson import (
+    DICOM_JSON,
+    DICOM_XML,
+    choose,
+    dataset_json,
+    json_accepted,
+    multipart_parts,
+    xml_accepted,
+    xml_document,
+)
 from .errors import DicomWebError
 
 log = logging.getLogger(__name__)
 
 INLINE_BINARY_MAX = 1024  # top-level binary elements above this become BulkDataURIs
-CACHE_BYTES = 256 << 20  # memory for cached metadata (instances and assembled answers)
+CACHE_BYTES = 256 << 20  # memory for cached answers
+PREPARE_LEVEL = 6  # zlib level of prepared rows (made in the background)
 _TRACE_TAGS = ((OMITTED_GROUP << 16) | 0x0010, (OMITTED_GROUP << 16) | OMITTED_ELEMENT)
 # SOP Classes whose document lives in Encapsulated Document (0042,0011) (PS3.3 A.45)
 _ENCAPSULATED_DOCUMENT = 0x00420011
+# A BulkDataURI as prepared: a path. In compact JSON text an unescaped quote
+# only delimits a string, so this occurs only where a key "BulkDataURI" has a
+# value starting "/studies/", never inside a value.
+_BULK_PATH = b'"BulkDataURI":"/studies/'
 
 
 class Scope(Enum):
@@ -107,16 +139,114 @@ class _Listed:
     sop: str
 
 
+@dataclass(frozen=True)
+class _Counters:
+    conversions: Counter  # headers converted while answering a request
+    prepared: Counter  # headers converted in the background
+    answered: Counter  # answers by source (cached / built)
+
+
+_COUNTERS: weakref.WeakKeyDictionary[CollectorRegistry, _Counters] = weakref.WeakKeyDictionary()
+_COUNTERS_LOCK = threading.Lock()
+
+
+def _counters(archive: Archive) -> _Counters:
+    """The metadata counters on the archive's /metrics registry (one set per registry)."""
+    registry = archive.metrics.registry
+    with _COUNTERS_LOCK:
+        found = _COUNTERS.get(registry)
+        if found is None:
+            found = _Counters(
+                Counter(
+                    "samarkiv_metadata_conversions",
+                    "Instance headers converted to DICOM JSON while answering a request",
+                    registry=registry,
+                ),
+                Counter(
+                    "samarkiv_metadata_prepared",
+                    "Instance headers converted to DICOM JSON in the background",
+                    registry=registry,
+                ),
+                Counter(
+                    "samarkiv_metadata_answers", "Study/series/instance metadata answers", ["source"], registry=registry
+                ),
+            )
+            _COUNTERS[registry] = found
+        return found
+
+
+# --- conversion ----------------------------------------------------------------------
+
+
+def instance_json_text(archive: Archive, item: _Listed, header: bytes | None) -> bytes:
+    """The metadata of one instance in the DICOM JSON Model (PS3.18 F.2), compact
+    UTF-8 with BulkDataURIs as paths; ``header`` is the compressed header copy."""
+    prefix = f"/studies/{item.study}/series/{item.series}/instances/{item.sop}/bulk/"
+
+    def bulk(tag: int, vr: str, length: int) -> str | None:
+        return f"{prefix}{tag:08X}" if length > INLINE_BINARY_MAX else None
+
+    ds = _parse(zlib.decompress(header)) if header is not None else None
+    if ds is None:
+        ds = _read_stored(archive, item.sop)
+        omitted = _inferred_omissions(ds)
+    else:
+        omitted = _omitted(ds)
+    out = dataset_json(ds, bulk=bulk, skip=_TRACE_TAGS)
+    for tag, vr in omitted or []:
+        out[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"{prefix}{tag:08X}"}
+    return json.dumps(dict(sorted(out.items())), separators=(",", ":")).encode("utf-8")
+
+
+def _read_stored(archive: Archive, sop: str) -> Dataset:
+    """The stored object's header, when no header copy was kept (deflated objects)."""
+    stored = archive.catalog.instance(sop)
+    if stored is None:
+        raise DicomWebError(404, "the instance was deleted while its metadata was read")
+    with archive.open_instance(stored) as f:
+        return dcmread(f, stop_before_pixels=True)
+
+
+def prepare_missing(archive: Archive, after_pk: int, limit: int) -> tuple[int, int]:
+    """Prepare the metadata of up to ``limit`` instances above ``after_pk`` that
+    lack it (the journal mover calls this when the archive is idle). Returns how
+    many were looked at and the primary key to continue after."""
+    rows, upto = archive.catalog.unprepared_instances(after_pk, limit)
+    prepared = []
+    for row in rows:
+        item = _Listed(row.pk, row.sha256, row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid)
+        try:
+            text = instance_json_text(archive, item, bytes(row.metadata) if row.metadata is not None else None)
+        except Exception as exc:  # noqa: BLE001 - one bad object must not stop the rest; answered on request
+            log.warning("could not prepare the metadata of instance pk %d: %s", row.pk, type(exc).__name__)
+            continue
+        prepared.append((row.pk, row.sha256, zlib.compress(text, PREPARE_LEVEL)))
+    archive.catalog.save_instance_json(prepared)
+    _counters(archive).prepared.inc(len(prepared))
+    return len(rows), upto
+
+
+# --- answers -------------------------------------------------------------------------
+
+
 class MetadataService:
     """Builds and caches metadata answers for one archive."""
 
     def __init__(self, archive: Archive, cache_bytes: int = CACHE_BYTES) -> None:
         self.archive = archive
-        self.fragments = _LruBytes(cache_bytes // 2)  # (base, pk, sha256) -> instance JSON
-        self.answers = _LruBytes(cache_bytes // 2)  # (base, scope, uids, digest[, gzip]) -> JSON array
-        self.conversions, self.answered = _counters(archive)
+        self.answers = _LruBytes(cache_bytes)  # (base, scope, uids, digest[, gzip]) -> JSON array
+        self.counters = _counters(archive)
 
     # --- index access --------------------------------------------------------------
+
+    @staticmethod
+    def _target(stmt, study: str, series_uid: str | None, sop: str | None):  # type: ignore[no-untyped-def]
+        stmt = stmt.where(studies.c.study_instance_uid == study)
+        if series_uid is not None:
+            stmt = stmt.where(series.c.series_instance_uid == series_uid)
+        if sop is not None:
+            stmt = stmt.where(instances.c.sop_instance_uid == sop)
+        return stmt
 
     def listed(self, scope: Scope, study: str, series_uid: str | None, sop: str | None) -> list[_Listed]:
         """The instances of the target, in primary-key order (cheap: no headers)."""
@@ -131,15 +261,21 @@ class MetadataService:
             .select_from(instances.join(series, instances.c.series_pk == series.c.pk).join(
                 studies, series.c.study_pk == studies.c.pk
             ))
-            .where(studies.c.study_instance_uid == study)
             .order_by(instances.c.pk)
         )
-        if series_uid is not None:
-            stmt = stmt.where(series.c.series_instance_uid == series_uid)
-        if sop is not None:
-            stmt = stmt.where(instances.c.sop_instance_uid == sop)
         with self.archive.engine.connect() as conn:
-            return [_Listed(*row) for row in conn.execute(stmt)]
+            return [_Listed(*row) for row in conn.execute(self._target(stmt, study, series_uid, sop))]
+
+    def _prepared(self, uids: tuple[str, ...]) -> dict[int, tuple[str, bytes]]:
+        """pk -> (sha256, compressed JSON) of the target's prepared rows, in one query."""
+        stmt = select(instance_json.c.instance_pk, instance_json.c.sha256, instance_json.c.data).select_from(
+            instance_json.join(instances, instance_json.c.instance_pk == instances.c.pk)
+            .join(series, instances.c.series_pk == series.c.pk)
+            .join(studies, series.c.study_pk == studies.c.pk)
+        )
+        study, series_uid, sop = (*uids, None, None)[:3]
+        with self.archive.engine.connect() as conn:
+            return {pk: (sha, data) for pk, sha, data in conn.execute(self._target(stmt, study, series_uid, sop))}
 
     def _headers(self, pks: Sequence[int]) -> dict[int, tuple[str, bytes | None]]:
         """pk -> (sha256, compressed header) for ``pks``."""
@@ -154,82 +290,58 @@ class MetadataService:
                     found[pk] = (sha, bytes(blob) if blob is not None else None)
         return found
 
-    # --- conversion ----------------------------------------------------------------
+    # --- assembly ------------------------------------------------------------------
 
-    def instance_json(self, base: str, item: _Listed, header: bytes | None) -> dict[str, Any]:
-        """The metadata of one instance in the DICOM JSON Model."""
-        self.conversions.inc()
-        prefix = f"{base}/studies/{item.study}/series/{item.series}/instances/{item.sop}/bulk/"
-
-        def bulk(tag: int, vr: str, length: int) -> str | None:
-            return f"{prefix}{tag:08X}" if length > INLINE_BINARY_MAX else None
-
-        ds = _parse(header) if header is not None else None
-        if ds is None:
-            ds = self._read_stored(item.sop)
-            omitted = _inferred_omissions(ds)
-        else:
-            omitted = _omitted(ds)
-        out = dataset_json(ds, bulk=bulk, skip=_TRACE_TAGS)
-        for tag, vr in omitted or []:
-            out[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"{prefix}{tag:08X}"}
-        return dict(sorted(out.items()))
-
-    def _read_stored(self, sop: str) -> Dataset:
-        """The stored object's header, when no header copy was kept (deflated objects)."""
-        stored = self.archive.catalog.instance(sop)
-        if stored is None:
-            raise DicomWebError(404, "the instance was deleted while its metadata was read")
-        with self.archive.open_instance(stored) as f:
-            return dcmread(f, stop_before_pixels=True)
-
-    def fragment(self, base: str, item: _Listed, sha: str, header: bytes | None) -> bytes:
-        key = (base, item.pk, sha)
-        cached = self.fragments.get(key)
-        if cached is None:
-            raw = zlib.decompress(header) if header is not None else None
-            cached = json.dumps(self.instance_json(base, item, raw), separators=(",", ":")).encode("utf-8")
-            self.fragments.put(key, cached)
-        return cached
-
-    def fragments_of(self, base: str, listed: list[_Listed]) -> tuple[list[bytes], bool]:
-        """Each instance's JSON in order; and whether they are exactly the listed versions."""
+    def parts_of(self, uids: tuple[str, ...], listed: list[_Listed]) -> tuple[list[bytes], bool]:
+        """Each instance's JSON in order; and whether they are exactly the listed versions.
+        Instances without a prepared row for their object are converted now and
+        their rows written (write-through)."""
+        prepared = self._prepared(uids)
         out: dict[int, bytes] = {}
         missing = []
         for item in listed:
-            cached = self.fragments.get((base, item.pk, item.sha256))
-            if cached is not None:
-                out[item.pk] = cached
+            row = prepared.get(item.pk)
+            if row is not None and row[0] == item.sha256:
+                out[item.pk] = zlib.decompress(row[1])
             else:
                 missing.append(item)
         consistent = True
-        headers = self._headers([item.pk for item in missing]) if missing else {}
-        for item in missing:
-            if item.pk not in headers:
-                consistent = False  # deleted meanwhile
-                continue
-            sha, header = headers[item.pk]
-            consistent &= sha == item.sha256
-            out[item.pk] = self.fragment(base, item, sha, header)
+        if missing:
+            headers = self._headers([item.pk for item in missing])
+            made = []
+            for item in missing:
+                if item.pk not in headers:
+                    consistent = False  # deleted meanwhile
+                    continue
+                sha, header = headers[item.pk]
+                consistent &= sha == item.sha256
+                self.counters.conversions.inc()
+                out[item.pk] = instance_json_text(self.archive, item, header)
+                made.append((item.pk, sha, zlib.compress(out[item.pk], 1)))
+            try:
+                self.archive.catalog.save_instance_json(made)
+            except SQLAlchemyError as exc:  # the answer stands; the next request converts again
+                log.warning("could not keep prepared metadata: %s", exc)
         return [out[item.pk] for item in listed if item.pk in out], consistent
 
     def answer(self, base: str, scope: Scope, uids: tuple[str, ...], listed: list[_Listed]) -> bytes:
         """The JSON array for the target, from the cache when nothing changed."""
-        digest = hashlib.sha256("\n".join(f"{i.pk}:{i.sha256}" for i in listed).encode()).hexdigest()
-        key = (base, scope, uids, digest)
+        key = (base, scope, uids, _digest(listed))
         cached = self.answers.get(key)
-        self.answered.labels("cached" if cached is not None else "built").inc()
+        self.counters.answered.labels("cached" if cached is not None else "built").inc()
         if cached is not None:
             return cached
-        parts, consistent = self.fragments_of(base, listed)
+        parts, consistent = self.parts_of(uids, listed)
         body = b"[" + b",".join(parts) + b"]"
+        # the request's root in front of every BulkDataURI path (JSON-escaped)
+        root = json.dumps(base)[1:-1].encode("utf-8")
+        body = body.replace(_BULK_PATH, b'"BulkDataURI":"' + root + b"/studies/")
         if consistent:
             self.answers.put(key, body)
         return body
 
     def gzipped(self, base: str, scope: Scope, uids: tuple[str, ...], listed: list[_Listed], body: bytes) -> bytes:
-        digest = hashlib.sha256("\n".join(f"{i.pk}:{i.sha256}" for i in listed).encode()).hexdigest()
-        key = (base, scope, uids, digest, "gzip")
+        key = (base, scope, uids, _digest(listed), "gzip")
         cached = self.answers.get(key)
         if cached is None:
             cached = gzip.compress(body, compresslevel=6, mtime=0)
@@ -237,18 +349,8 @@ class MetadataService:
         return cached
 
 
-def _counters(archive: Archive) -> tuple[Counter, Counter]:
-    """Metadata counters on the archive's /metrics registry (one set per registry)."""
-    registry = archive.metrics.registry
-    try:
-        return (
-            Counter("samarkiv_metadata_conversions", "Instance headers converted to DICOM JSON", registry=registry),
-            Counter("samarkiv_metadata_answers", "Study/series/instance metadata answers", ["source"], registry=registry),
-        )
-    except ValueError:  # already registered (a second app on the same archive)
-        return Counter("samarkiv_metadata_conversions", "", registry=None), Counter(
-            "samarkiv_metadata_answers", "", ["source"], registry=None
-        )
+def _digest(listed: list[_Listed]) -> str:
+    return hashlib.sha256("\n".join(f"{i.pk}:{i.sha256}" for i in listed).encode()).hexdigest()
 
 
 def _parse(header: bytes) -> Dataset | None:

@@ -43,8 +43,25 @@ def part_content_type(media_type: str, transfer_syntax: str | None = None) -> st
 
 def write_parts(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
     """The encoded message: each part's header, then its content, then the close
-    delimiter. Parts are pulled lazily, so a part may be computed on demand."""
-    marker = f"--{boundary}".encode("ascii")
+    delimiter. Parts are pulled lazily, so a part may be computed on demand.
+
+    Small pieces are gathered into chunks of about :data:`CHUNK` bytes: the
+    server hands every chunk of a synchronous body to a worker thread, which
+    costs more than sending a small instance."""
+    buffer = bytearray()
+    for piece in _pieces(parts, f"--{boundary}".encode("ascii")):
+        if len(buffer) + len(piece) > CHUNK and buffer:
+            yield bytes(buffer)
+            buffer.clear()
+        if len(piece) >= CHUNK:
+            yield piece
+        else:
+            buffer += piece
+    if buffer:
+        yield bytes(buffer)
+
+
+def _pieces(parts: Iterable[Part], marker: bytes) -> Iterator[bytes]:
     for part in parts:
         header = [f"Content-Type: {part.content_type}"]
         header.extend(f"{name}: {value}" for name, value in part.headers.items())

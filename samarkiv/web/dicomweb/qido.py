@@ -30,7 +30,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
@@ -38,7 +38,8 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 
 from ...core.archive import Archive
-from ...index.query import KEYS, Level, PreparedQuery, Query, QueryError, prepare
+from ...identity.query import PatientScope
+from ...index.query import KEYS, Level, PreparedQuery, Query, QueryError
 from .dicomjson import DICOM_JSON, DICOM_XML, choose, dataset_json, json_accepted, multipart_parts, xml_accepted, xml_document
 from .errors import DicomWebError
 from .metadata import dicomweb_base
@@ -222,7 +223,7 @@ def result_json(base: str, level: Level, ds: Dataset) -> dict:
 class QidoService:
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
-        self.max_results = int(getattr(archive.settings, "qido_max_results", MAX_RESULTS))
+        self.max_results = archive.settings.qido_max_results
 
     def search(self, request: Request, level: Level, fixed: dict[str, str]) -> Response:
         accept = request.query_params.get("accept") or request.headers.get("accept")
@@ -234,9 +235,9 @@ class QidoService:
         search = parse_search(request, level, fixed)
         capped = search.limit is None or search.limit > self.max_results
         limit = self.max_results if capped else search.limit
-        engine = self.archive.engine
         try:
-            prepared = prepare(build_query(search, fixed, limit), engine.dialect.name)
+            # HTTP requests carry no organisation until access control lands: the default one
+            prepared, scope = self.archive.prepare_query(build_query(search, fixed, limit), None)
         except QueryError as exc:
             raise DicomWebError(400, str(exc)) from None
         headers: list[tuple[str, str]] = []
@@ -252,7 +253,7 @@ class QidoService:
                  'server. Additional results can be requested."')
             )  # fmt: skip
         self.archive.metrics.queries.labels(level.value.lower()).inc()
-        results = self._results(prepared, service)
+        results = self._results(prepared, service, scope)
         if representation == "xml":
             boundary = uuid.uuid4().hex
             documents = (xml_document(r) for r in results)
@@ -268,20 +269,14 @@ class QidoService:
 
     def _more_than(self, prepared: PreparedQuery, search: Search) -> bool:
         """Whether a match exists beyond the server's maximum (one cheap probe)."""
-        probe = Query(
-            level=prepared.level,
-            keys=prepared.query.keys,
-            limit=1,
-            offset=search.offset + self.max_results,
-        )
-        engine = self.archive.engine
-        return any(True for _ in prepare(probe, engine.dialect.name).run(engine, page_size=1))
+        probe = replace(prepared, query=replace(prepared.query, limit=1, offset=search.offset + self.max_results))
+        return any(True for _ in probe.run(self.archive.engine, page_size=1))
 
-    def _results(self, prepared: PreparedQuery, base: str) -> Iterator[dict]:
+    def _results(self, prepared: PreparedQuery, base: str, scope: PatientScope) -> Iterator[dict]:
         started = time.perf_counter()
         try:
             for ds in prepared.run(self.archive.engine):
-                yield result_json(base, prepared.level, ds)
+                yield result_json(base, prepared.level, scope.relabel(ds))
         finally:
             self.archive.metrics.query_seconds.observe(time.perf_counter() - started)
 

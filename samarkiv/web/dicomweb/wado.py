@@ -32,7 +32,7 @@ from ...core.archive import Archive
 from ...core.ingest import is_valid_uid
 from ...core.transcode import TranscodeError, can_decode, can_encode, encode_frame, transcode
 from ...index.catalog import StoredInstance
-from ...index.retrieval import RetrieveRequest, find_instances
+from ...index.retrieval import RetrieveRequest
 from . import multipart
 from .accept import (
     BULK_MEDIA_TYPE,
@@ -83,7 +83,7 @@ def resolve(archive: Archive, study: str, series: str | None = None, sop: str | 
         series_uids=(series,) if series else (),
         sop_uids=(sop,) if sop else (),
     )
-    found = find_instances(archive.engine, request)
+    found = archive.find_instances(request)
     if not found:
         what = {"STUDY": "study", "SERIES": "series in this study", "IMAGE": "instance in this series and study"}
         raise DicomWebError(404, f"no {what[level]} with this UID is stored")
