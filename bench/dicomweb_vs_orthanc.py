@@ -150,7 +150,7 @@ def phase_stow(ctx: Context) -> dict[str, Any]:
                     runs[server.name][key].append({"seconds": t, "cpu": cpu, "deferred_cpu": deferred})
                     log(f"  round {r + 1}/{rounds} {server.name}, {key} client(s): {n / t:.1f} instances/s, "
                         f"server CPU {cpu * 1000 / n:.2f} ms/instance"
-                        + (f" (+{deferred * 1000 / n:.2f} moving the journal to blob files when idle)" if deferred else ""))  # fmt: skip
+                        + (f" (+{deferred * 1000 / n:.2f} when idle: journal to blob files, metadata)" if deferred else ""))  # fmt: skip
         for server in running.servers:
             if server.name not in runs:
                 continue

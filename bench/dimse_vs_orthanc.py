@@ -106,19 +106,24 @@ def summarise_profile(ctx: Context, label: str) -> None:
 
 
 def drain_journal(server: Samarkiv, timeout: float = 300) -> float:
-    """Wait until samarkiv has moved its write-back journal to blob files (it does
-    so when idle), so that the move never overlaps the next measurement of either
-    server; return the CPU seconds the move cost."""
+    """Wait until samarkiv has done what it defers to idle time (moving the
+    write-back journal to blob files, preparing WADO-RS metadata), so that it
+    never overlaps the next measurement of either server; return the CPU
+    seconds it cost."""
     cpu = cpu_seconds(server.pid)
     deadline = time.monotonic() + timeout
+    last = None
     while time.monotonic() < deadline:
         with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10) as answer:
             metrics = answer.read().decode()
         waiting = re.search(r"^samarkiv_journal_instances (\S+)$", metrics, re.M)
-        if waiting is None or float(waiting.group(1)) == 0:
+        prepared = re.search(r"^samarkiv_metadata_prepared_total (\S+)$", metrics, re.M)
+        state = prepared.group(1) if prepared else None
+        if (waiting is None or float(waiting.group(1)) == 0) and state == last:
             return cpu_seconds(server.pid) - cpu
-        time.sleep(0.2)
-    raise TimeoutError("samarkiv did not empty its write-back journal")
+        last = state
+        time.sleep(1.0)
+    raise TimeoutError("samarkiv did not finish its idle-time work")
 
 
 def samarkiv_instances(server: Samarkiv) -> int:
@@ -221,7 +226,7 @@ def phase_ingest(ctx: Context) -> dict[str, Any]:
                     runs[server.name][key].append({"seconds": t, "cpu": cpu, "deferred_cpu": deferred})
                     log(f"  round {r + 1}/{rounds} {server.name}, {key} association(s): {n / t:.1f} instances/s, "
                         f"server CPU {cpu * 1000 / n:.2f} ms/instance"
-                        + (f" (+{deferred * 1000 / n:.2f} moving the journal to blob files when idle)" if deferred else ""))  # fmt: skip
+                        + (f" (+{deferred * 1000 / n:.2f} when idle: journal to blob files, metadata)" if deferred else ""))  # fmt: skip
         for server in running.servers:
             if server.name not in runs:
                 continue
