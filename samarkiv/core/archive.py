@@ -173,21 +173,15 @@ class Archive:
         """Store a Part 10 file held in memory. Objects up to ``inline_max_bytes``
         become durable with their index rows in one transaction (the write-back
         journal); larger ones take the blob-file path of :meth:`store_file`."""
-        if len(data) > self.settings.inline_max_bytes:
-            staged = self.new_staging_file()
-            try:
-                staged.write_bytes(data)
-                return self.store_file(
-                    staged,
-                    source_aet=source_aet,
-                    expected_sop_instance_uid=expected_sop_instance_uid,
-                    expected_sop_class_uid=expected_sop_class_uid,
-                )
-            finally:
-                staged.unlink(missing_ok=True)
-        return self._observed(
-            self._store_inline, data, source_aet, expected_sop_instance_uid, expected_sop_class_uid
-        )
+        args = (source_aet, expected_sop_instance_uid, expected_sop_class_uid)
+        if len(data) <= self.settings.inline_max_bytes:
+            return self._observed(self._store_inline, data, *args)
+        staged = self.new_staging_file()
+        try:
+            staged.write_bytes(data)
+            return self._observed(self._store_file, staged, *args)
+        finally:
+            staged.unlink(missing_ok=True)
 
     def store_file(
         self,

@@ -79,11 +79,14 @@ class JournalMover:
 
     def _run(self) -> None:
         metrics = self.archive.metrics
+        count, seen = None, None  # journal size at the last look, and the store it had seen
         while not self._stop.wait(POLL_SECONDS):
             try:
-                count, size = self.archive.catalog.inline_backlog()
-                metrics.journal_instances.set(count)
-                metrics.journal_bytes.set(size)
+                if count != 0 or seen != self.archive.last_store:  # else nothing came since it was empty
+                    seen = self.archive.last_store
+                    count, size = self.archive.catalog.inline_backlog()
+                    metrics.journal_instances.set(count)
+                    metrics.journal_bytes.set(size)
                 while count and self._due(size) and not self._stop.is_set():
                     moved = self.archive.flush_inline()
                     count, size = self.archive.catalog.inline_backlog()

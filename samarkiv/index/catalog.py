@@ -22,6 +22,7 @@ from .schema import (
     archive_state,
     conflicts,
     inline_blobs,
+    instances_with_parents,
     instances,
     nodes,
     patients,
@@ -87,12 +88,7 @@ _STORED_COLUMNS = (
 
 def stored_instances_select():  # type: ignore[no-untyped-def]
     """SELECT of StoredInstance columns, joined up to the study."""
-    return (
-        select(*_STORED_COLUMNS)
-        .select_from(instances)
-        .join(series, instances.c.series_pk == series.c.pk)
-        .join(studies, series.c.study_pk == studies.c.pk)
-    )
+    return select(*_STORED_COLUMNS).select_from(instances_with_parents())
 
 
 @dataclass
@@ -582,9 +578,7 @@ class Catalog:
                     instances.c.sop_instance_uid,
                     instances.c.metadata,
                 )
-                .select_from(instances)
-                .join(series, instances.c.series_pk == series.c.pk)
-                .join(studies, series.c.study_pk == studies.c.pk)
+                .select_from(instances_with_parents())
                 .outerjoin(
                     instance_json,
                     (instance_json.c.instance_pk == instances.c.pk) & (instance_json.c.sha256 == instances.c.sha256),

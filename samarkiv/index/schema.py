@@ -12,6 +12,7 @@ queries, never cached, so they stay right with several writers.
 from __future__ import annotations
 
 from sqlalchemy import (
+    Join,
     BigInteger,
     Column,
     DateTime,
@@ -156,6 +157,13 @@ superseded_instances = Table(
 )
 Index("ix_superseded_sop", superseded_instances.c.sop_instance_uid)
 Index("ix_superseded_blob_key", superseded_instances.c.blob_key)
+
+def instances_with_parents() -> Join:
+    """instances joined to their series and study (the join most lookups need)."""
+    return instances.join(series, instances.c.series_pk == series.c.pk).join(
+        studies, series.c.study_pk == studies.c.pk
+    )
+
 
 # The write-back journal of small objects (docs/architecture.md, "A store"):
 # an object up to ``inline_max_bytes`` is made durable in the same transaction

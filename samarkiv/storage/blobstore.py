@@ -7,6 +7,7 @@ chooses and never rewrites one in place. A new backend is a new module.
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,34 @@ class BlobStore(Protocol):
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         """Objects under the folder ``prefix`` ("2024/01" lists "2024/01/..."), any order."""
+
+
+class ByteWindow(io.RawIOBase):
+    """Bytes ``[_start, _end)`` of a stored object, readable and seekable within
+    them: what ``open_range`` returns. Subclasses fetch the bytes (``readinto``)."""
+
+    _start = 0
+    _end = 0
+    _pos = 0  # relative to _start
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def _wanted(self, buffer_size: int) -> int:
+        """How many bytes the next read may take (0 at the end of the window)."""
+        return max(0, min(buffer_size, self._end - self._start - self._pos))
+
+    def _seek_target(self, offset: int, whence: int) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._end - self._start}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        return base + offset
 
 
 def sha256_of(stream: BinaryIO) -> tuple[int, str]:

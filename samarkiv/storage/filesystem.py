@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from .blobstore import CHUNK, BlobInfo, Written
+from .blobstore import CHUNK, BlobInfo, ByteWindow, Written
 
 
 def _fsync_dir(path: Path) -> None:
@@ -142,7 +142,7 @@ class FilesystemBlobStore:
         return removed
 
 
-class FileWindow(io.RawIOBase):
+class FileWindow(ByteWindow):
     """Bytes ``[start, end)`` of a file (clipped to its size), seekable within them."""
 
     def __init__(self, path: Path, start: int, end: int | None = None) -> None:
@@ -154,14 +154,8 @@ class FileWindow(io.RawIOBase):
         self._end = max(self._start, size if end is None else min(end, size))
         self._pos = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
     def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
-        count = min(len(buffer), self._end - self._start - self._pos)
+        count = self._wanted(len(buffer))
         if count <= 0:
             return 0
         data = os.pread(self._file.fileno(), count, self._start + self._pos)
@@ -170,13 +164,7 @@ class FileWindow(io.RawIOBase):
         return len(data)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._end - self._start}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._pos = base + offset
-        return self._pos
-
-    def tell(self) -> int:
+        self._pos = self._seek_target(offset, whence)
         return self._pos
 
     def close(self) -> None:

@@ -42,7 +42,7 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
-from .blobstore import CHUNK, BlobInfo, BlobStoreError, Written
+from .blobstore import CHUNK, BlobInfo, BlobStoreError, ByteWindow, Written
 
 log = logging.getLogger(__name__)
 
@@ -488,7 +488,7 @@ class S3BlobStore:
         return []
 
 
-class S3ObjectReader(io.RawIOBase):
+class S3ObjectReader(ByteWindow):
     """Bytes ``[start, end)`` of one object (clipped to its size), streamed by GET.
 
     The first request is made at once (a missing object raises
@@ -542,14 +542,8 @@ class S3ObjectReader(io.RawIOBase):
             self._body.close()
             self._body = None
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
     def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
-        count = min(len(buffer), self._end - self._start - self._pos)
+        count = self._wanted(len(buffer))
         if count <= 0:
             return 0
         for attempt in range(3):
@@ -579,10 +573,7 @@ class S3ObjectReader(io.RawIOBase):
         return b"".join(chunks)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._end - self._start}[whence]
-        target = base + offset
-        if target < 0:
-            raise ValueError("negative seek position")
+        target = self._seek_target(offset, whence)
         skip = target - self._pos
         if self._body is not None and 0 < skip <= _SHORT_SKIP and target <= self._end - self._start:
             while self._pos < target and self.read(target - self._pos):
@@ -590,9 +581,6 @@ class S3ObjectReader(io.RawIOBase):
         elif skip != 0:
             self._drop()
             self._pos = target
-        return self._pos
-
-    def tell(self) -> int:
         return self._pos
 
     def close(self) -> None:

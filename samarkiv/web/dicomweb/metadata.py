@@ -62,7 +62,7 @@ from ...core.structure import (
     PIXEL_DATA,
 )
 from ...index.metadata_schema import instance_json
-from ...index.schema import instances, series, studies
+from ...index.schema import instances, instances_with_parents, series, studies
 from .dicomjson import (
     DICOM_JSON,
     DICOM_XML,
@@ -258,9 +258,7 @@ class MetadataService:
                 series.c.series_instance_uid,
                 instances.c.sop_instance_uid,
             )
-            .select_from(instances.join(series, instances.c.series_pk == series.c.pk).join(
-                studies, series.c.study_pk == studies.c.pk
-            ))
+            .select_from(instances_with_parents())
             .order_by(instances.c.pk)
         )
         with self.archive.engine.connect() as conn:
@@ -269,9 +267,7 @@ class MetadataService:
     def _prepared(self, uids: tuple[str, ...]) -> dict[int, tuple[str, bytes]]:
         """pk -> (sha256, compressed JSON) of the target's prepared rows, in one query."""
         stmt = select(instance_json.c.instance_pk, instance_json.c.sha256, instance_json.c.data).select_from(
-            instance_json.join(instances, instance_json.c.instance_pk == instances.c.pk)
-            .join(series, instances.c.series_pk == series.c.pk)
-            .join(studies, series.c.study_pk == studies.c.pk)
+            instances_with_parents().join(instance_json, instance_json.c.instance_pk == instances.c.pk)
         )
         study, series_uid, sop = (*uids, None, None)[:3]
         with self.archive.engine.connect() as conn:
