@@ -325,7 +325,7 @@ def phase_wado(ctx: Context) -> dict[str, Any]:
                 except Exception as exc:  # noqa: BLE001
                     log(f"  {server.name}: FAILED to store the study: {exc}")
                     out[server.name] = {"error": f"STOW: {type(exc).__name__}: {exc}"}
-        http = {server.name: web.client() for server in live}
+        http = {server.name: web.client(server.dicomweb_url) for server in live}
         try:
             meta = _metadata(ctx, live, http, study, series, n, (other.studies[0], other_series, len(other.files)))
             retrieve = _retrieve(ctx, live, http, study, n)

@@ -27,7 +27,6 @@ import sys
 import tempfile
 import time
 import traceback
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,7 +40,7 @@ from benchkit import data as bdata  # noqa: E402
 from benchkit import dicom as bdicom  # noqa: E402
 from benchkit.profile import format_summary, summarise  # noqa: E402
 from benchkit.report import print_table, write_plot  # noqa: E402
-from benchkit.servers import Orthanc, Profiler, Samarkiv, cpu_seconds, orthanc_version  # noqa: E402
+from benchkit.servers import Orthanc, Profiler, Samarkiv, cpu_seconds, http_text, orthanc_version  # noqa: E402
 
 REPO = HERE.parent
 PHASES = ("ingest", "find-sqlite", "find-postgres", "get")
@@ -114,8 +113,7 @@ def drain_journal(server: Samarkiv, timeout: float = 300) -> float:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10) as answer:
-            metrics = answer.read().decode()
+        metrics = http_text(f"http://127.0.0.1:{server.http_port}/metrics", headers=server.headers)
         waiting = re.search(r"^samarkiv_journal_instances (\S+)$", metrics, re.M)
         prepared = re.search(r"^samarkiv_metadata_prepared_total (\S+)$", metrics, re.M)
         state = prepared.group(1) if prepared else None
@@ -258,6 +256,7 @@ class FindTarget:
     key: str
     server: Samarkiv | Orthanc
     patients: dict[str, int]
+    issuer: str | None = None  # sent as IssuerOfPatientID with every Patient ID
 
 
 def _find(ctx: Context, targets: list[FindTarget], out: dict[str, Any], variants: tuple[str, ...] = ("basic", "computed")) -> None:
@@ -282,7 +281,7 @@ def _find(ctx: Context, targets: list[FindTarget], out: dict[str, Any], variants
             for t in targets:
                 try:
                     clients[t.key] = bdicom.FindClient(t.server.aet, t.server.dicom_port, t.patients,
-                                                       computed=variant == "computed").open()  # fmt: skip
+                                                       computed=variant == "computed", issuer=t.issuer).open()  # fmt: skip
                 except Exception as exc:  # noqa: BLE001
                     failed[t.key] = f"{type(exc).__name__}: {exc}"
                     log(f"  {t.key} ({variant}): FAILED: {exc}")
@@ -322,6 +321,14 @@ def _find(ctx: Context, targets: list[FindTarget], out: dict[str, Any], variants
                 log(f"  {t.key} ({variant}): slow; stopped after {res['queries']} queries ({ctx.sizes['find_max_seconds']} s cap)")
 
 
+def _find_national(ctx: Context, server: Samarkiv | Orthanc, key: str, cat: bdata.Catalogue, out: dict[str, Any]) -> None:
+    """C-FIND by personnummer (Patient ID + the national issuer OID): each
+    answer is the person's studies at all three organisations, resolved
+    through the master patient index (samarkiv/identity/query.py)."""
+    log(f"{key}: C-FIND by personnummer, the person's studies at three organisations")
+    _find(ctx, [FindTarget(key, server, cat.national_study_counts(), bdata.PERSONNUMMER_OID)], out, variants=("basic",))
+
+
 def phase_find_sqlite(ctx: Context) -> dict[str, Any]:
     root = ctx.work / "find-sqlite"
     cat = _catalogue(ctx)
@@ -346,6 +353,8 @@ def phase_find_sqlite(ctx: Context) -> dict[str, Any]:
                 targets.append(FindTarget("orthanc-big-index-only", orthanc, patients))
         log("find-sqlite: samarkiv (SQLite) and Orthanc (index only, StorageAccessOnFind=Never), alternating")
         _find(ctx, targets, out)
+        if targets and targets[0].key == "samarkiv-sqlite":
+            _find_national(ctx, targets[0].server, "samarkiv-sqlite-national", cat, out)
     if orthanc is not None and "p50_ms" in (_dig(out, "orthanc-big-index-only", "basic") or {}):
         # Orthanc never runs ANALYZE on its index; without statistics SQLite may
         # pick a poor plan. This shows what Orthanc does with them.
@@ -428,6 +437,7 @@ def phase_find_postgres(ctx: Context) -> dict[str, Any]:
         with Running(out) as running:
             if running.start(Samarkiv(root / "samarkiv-data", index_url=url), "samarkiv-postgresql"):
                 _find(ctx, [FindTarget("samarkiv-postgresql", running.servers[-1], _expected_studies(cat))], out)
+                _find_national(ctx, running.servers[-1], "samarkiv-postgresql-national", cat, out)
         out.setdefault("samarkiv-postgresql", {})["server_version"] = bdata.pg_version()
     finally:
         bdata.drop_pg_database(url)

@@ -9,28 +9,19 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from .cli_common import ConfigOpt, DataOpt, IndexOpt, console, err, fail
 from .config import ConfigError, Settings, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="samarkiv: a regional vendor-neutral archive.")
 nodes_app = typer.Typer(no_args_is_help=True, help="DICOM peers (C-MOVE destinations).")
 app.add_typer(nodes_app, name="nodes")
-console = Console(soft_wrap=True)  # long lines (paths, UIDs) stay whole for grep
-err = Console(stderr=True, soft_wrap=True)
-
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config file.")]
-DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Data folder [default: ./samarkiv-data].")]
-IndexOpt = Annotated[
-    Optional[str], typer.Option("--index-url", help="Index database URL [default: SQLite in the data folder].")
-]
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
+    return fail(message, code)
 
 
 def settings_from(config: Path | None, **overrides: object) -> Settings:
@@ -208,6 +199,8 @@ def _sweep_orphans(archive, settings: Settings) -> list[str]:  # type: ignore[no
     than the grace period may be its stores in flight and are left alone."""
     from .serve import DataFolderBusy, lock_data_folder
 
+    if archive.shared:  # other nodes may be storing into the same tiers
+        return archive.sweep_orphans(full=True)
     try:
         lock = lock_data_folder(Path(settings.data))
     except DataFolderBusy:
@@ -283,6 +276,22 @@ app.add_typer(capacity_app, name="capacity")
 from .migrate.cli import migrate_app  # noqa: E402
 
 app.add_typer(migrate_app, name="migrate")
+
+from .access.cli import tokens_app, users_app  # noqa: E402
+
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
+
+from .audit.cli import audit_app  # noqa: E402
+
+app.add_typer(audit_app, name="audit")
+
+from .access.policy_cli import block_app, breakglass_app, care_app, share_app  # noqa: E402
+
+app.add_typer(care_app, name="care")
+app.add_typer(share_app, name="share")
+app.add_typer(breakglass_app, name="breakglass")
+app.add_typer(block_app, name="block")
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .audit.config import AuditSettings
     from .lifecycle.rules import LifecycleRule
     from .storage.tiers import TierSpec
 
@@ -87,6 +88,61 @@ def _organisations(value: Any) -> tuple[OrganisationConfig, ...]:
     return tuple(orgs)
 
 
+class UserIdentityMode(StrEnum):
+    """DICOM User Identity Negotiation (PS3.7 D.3.3.7) on DIMSE associations."""
+
+    OFF = "off"  # ignored: the calling AE title alone binds the association
+    OPTIONAL = "optional"  # checked when offered (a wrong one is rejected)
+    REQUIRED = "required"  # every association must offer a valid one
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """``[auth]``: authentication (samarkiv/access/). OIDC is on when
+    ``oidc_issuer`` is set; claim names may be dotted paths into the JWT."""
+
+    oidc_issuer: str | None = None
+    oidc_jwks_url: str | None = None  # default: from the issuer's discovery document
+    oidc_audience: str | None = None
+    oidc_algorithms: tuple[str, ...] = ("RS256",)
+    oidc_user_claim: str = "preferred_username"
+    oidc_org_claim: str = "organisation"  # its value is an organisation code
+    oidc_default_org: str | None = None  # when the token has no organisation claim
+    oidc_roles_claim: str = "realm_access.roles"
+    # IdP role name -> samarkiv role; roles not mapped and not samarkiv roles are dropped.
+    oidc_role_map: tuple[tuple[str, str], ...] = ()
+    oidc_leeway_seconds: int = 30
+    oidc_jwks_cache_seconds: int = 300
+    session_hours: int = 8
+    basic_auth: bool = True  # HTTP Basic with a local user's password (scripts, older EPRs)
+    dimse_user_identity: UserIdentityMode = UserIdentityMode.OPTIONAL
+
+
+def _auth(value: Any) -> AuthSettings:
+    if isinstance(value, AuthSettings):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError("[auth] must be a table")
+    names = {f.name for f in dataclasses.fields(AuthSettings)}
+    unknown = set(value) - names
+    if unknown:
+        raise ValueError(f"unknown [auth] setting(s): {', '.join(sorted(unknown))}")
+    items: dict[str, Any] = dict(value)
+    if "oidc_algorithms" in items:
+        algs = items["oidc_algorithms"]
+        items["oidc_algorithms"] = tuple(algs.split(",") if isinstance(algs, str) else algs)
+    if "oidc_role_map" in items:
+        items["oidc_role_map"] = tuple((str(k), str(v)) for k, v in dict(items["oidc_role_map"]).items())
+    if "dimse_user_identity" in items:
+        items["dimse_user_identity"] = UserIdentityMode(items["dimse_user_identity"])
+    for name in ("oidc_leeway_seconds", "oidc_jwks_cache_seconds", "session_hours"):
+        if name in items:
+            items[name] = int(items[name])
+    if "basic_auth" in items and not isinstance(items["basic_auth"], bool):
+        items["basic_auth"] = str(items["basic_auth"]).lower() in {"1", "true", "yes"}
+    return AuthSettings(**items)
+
+
 @dataclass(frozen=True)
 class Settings:
     data: Path = Path("samarkiv-data")
@@ -143,6 +199,10 @@ class Settings:
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     # The OHIF viewer served at /viewer (filled by scripts/install-viewer).
     viewer_dir: Path = field(default_factory=lambda: Path(sys.prefix) / "share" / "samarkiv" / "viewer")
+    # [auth]: users, tokens, OIDC, sessions, DIMSE user identity (samarkiv/access/).
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    # [audit]: the audit trail's anchors and syslog collector (samarkiv/audit/config.py); None: defaults.
+    audit: AuditSettings | None = None
 
     @property
     def resolved_index_url(self) -> str:
@@ -161,6 +221,18 @@ def _coerce(name: str, value: Any) -> Any:
         from .storage.tiers import parse_tiers
 
         return parse_tiers(value)
+    try:
+        if name == "auth":
+            return _auth(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid [auth] section: {exc}") from None
+    if name == "audit":
+        from .audit.config import parse_audit
+
+        try:
+            return parse_audit(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid [audit] section: {exc}") from None
     if name in ("lifecycle", "tier_capacity"):
         from .lifecycle.rules import parse_capacity, parse_rules
 
@@ -205,9 +277,16 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         if unknown:
             raise ConfigError(f"unknown setting(s) in {config_file}: {', '.join(sorted(unknown))}")
         values.update({k.replace("-", "_"): v for k, v in raw.items()})
-    for name in names - {"nodes", "organisations", "tiers", "lifecycle", "tier_capacity"}:
+    for name in names - {"nodes", "organisations", "tiers", "lifecycle", "tier_capacity", "auth", "audit"}:
         env = os.environ.get(f"SAMARKIV_{name.upper()}")
         if env is not None:
             values[name] = env
+    auth_env = {  # SAMARKIV_AUTH_<NAME>, e.g. SAMARKIV_AUTH_OIDC_ISSUER
+        f.name: os.environ[f"SAMARKIV_AUTH_{f.name.upper()}"]
+        for f in dataclasses.fields(AuthSettings)
+        if f.name != "oidc_role_map" and f"SAMARKIV_AUTH_{f.name.upper()}" in os.environ
+    }
+    if auth_env:
+        values["auth"] = {**dict(values.get("auth") or {}), **auth_env}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**{k: _coerce(k, v) for k, v in values.items()})

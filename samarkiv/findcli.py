@@ -3,6 +3,12 @@
 Keys are written ``Keyword=value`` with the C-FIND matching rules (PS3.4
 C.2.2.2): ``PatientName=DOE^*``, ``StudyDate=20200101-20201231``,
 ``ModalitiesInStudy=CT\\MR``; a bare ``Keyword`` is returned without matching.
+
+Access (issue 5): ``--as USER`` queries as that user: the access policy keeps
+only what the user may see, and the query is audited as theirs. Without it
+the command acts as the local operator (a system principal named
+``cli:<login name>``): everything matches, and the query is audited as the
+operator's, purpose HSYSADMIN (system administration).
 """
 
 # No ``from __future__ import annotations``: typer evaluates the command's
@@ -91,9 +97,41 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def cli_principal(archive: Any, username: str | None) -> tuple[Any, Any]:
+    """(principal, its organisation or None) for ``--as USERNAME``, or the local
+    operator's system principal; UsageError for an unknown or disabled user."""
+    import getpass
+
+    from .access.principal import Principal
+    from .access.users import get_user
+    from .identity.organisations import get_organisation
+
+    if username is None:
+        try:
+            login = getpass.getuser()
+        except (KeyError, OSError):
+            login = "unknown"
+        operator = Principal(name=f"cli:{login}", kind="system", roles=frozenset({"administrator"}),
+                             auth_method="cli", address="localhost")  # fmt: skip
+        return operator, None
+    with archive.engine.connect() as conn:
+        user = get_user(conn, username)
+        if user is None or user.disabled:
+            raise UsageError(f"no user {username!r} (samarkiv users list)")
+        return user.principal("cli", "localhost"), get_organisation(conn, user.org_code)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``find`` command to ``app``."""
-    from .cli import ConfigOpt, DataOpt, IndexOpt, _fail, console, open_archive, settings_from
+    from .cli import (
+        ConfigOpt,
+        DataOpt,
+        IndexOpt,
+        _fail,
+        console,
+        open_archive,
+        settings_from,
+    )
 
     @app.command("find")
     def find(
@@ -105,6 +143,10 @@ def register(app: typer.Typer) -> None:
         limit: Annotated[Optional[int], typer.Option(help="At most this many matches.", min=0)] = None,
         offset: Annotated[int, typer.Option(help="Skip this many matches first.", min=0)] = 0,
         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+        as_user: Annotated[
+            Optional[str],
+            typer.Option("--as", help="Query as this user: only what the access policy lets them see (audited)."),
+        ] = None,
         config: ConfigOpt = None,
         data: DataOpt = None,
         index_url: IndexOpt = None,
@@ -112,7 +154,8 @@ def register(app: typer.Typer) -> None:
         """Query the archive like a C-FIND (PS3.4 C.2.2.2 matching) and print the matches."""
         from sqlalchemy.exc import SQLAlchemyError
 
-        from .index.query import Level, Model, Query, QueryError, prepare
+        from .audit import AuditEvent
+        from .index.query import Level, Model, Query, QueryError
 
         try:
             query_level = Level(_LEVEL_ALIASES.get(level.strip().upper(), level.strip().upper()))
@@ -127,9 +170,13 @@ def register(app: typer.Typer) -> None:
         query = Query(query_level, matching, tuple(TABLE_KEYS[query_level.value]), model, limit, offset)
         archive = open_archive(settings_from(config, data=data, index_url=index_url))
         try:
-            prepared = prepare(query, archive.engine.dialect.name)
-            rows = [as_dict(ds) for ds in prepared.run(archive.engine)]
-        except QueryError as exc:
+            principal, owner = cli_principal(archive, as_user)
+            detail = {"door": "CLI", "level": query_level.value, "keys": {k: v for k, v in matching.items() if v}}
+            if principal.kind == "system":  # the gate audits users; the operator is audited here
+                archive.audit.record(AuditEvent("query", principal, purpose="HSYSADMIN", detail=detail))
+            prepared, scope = archive.prepare_query(query, None, owner=owner, principal=principal, detail=detail)
+            rows = [as_dict(scope.relabel(ds)) for ds in prepared.run(archive.engine)]
+        except (QueryError, UsageError) as exc:
             raise _fail(str(exc)) from None
         except SQLAlchemyError as exc:
             raise _fail(f"cannot read the index: {type(exc).__name__}", 1) from None

@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import IO
 
@@ -63,20 +64,40 @@ def _hl7_listener(archive: Archive):  # type: ignore[no-untyped-def]
     return listener
 
 
+def _first_admin(archive: Archive) -> None:
+    """No users yet: make ``admin`` and show its password once, on the console
+    only (sys.stderr, never through logging, so no log file keeps it)."""
+    from .access.users import UserError, ensure_first_admin
+
+    try:
+        password = ensure_first_admin(archive.catalog.writer, archive.settings)
+    except UserError as exc:  # no organisation at all yet
+        sys.stderr.write(f"\n  samarkiv: no users and {exc}; then samarkiv users add\n\n")
+        return
+    if password is not None:
+        sys.stderr.write(
+            "\n  samarkiv: first start, no users. Created user 'admin' (administrator) with password:\n"
+            f"\n      {password}\n\n  It is shown only this once. Change it with: samarkiv users passwd admin\n\n"
+        )
+        sys.stderr.flush()
+
+
 def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT."""
     lock = lock_data_folder(Path(settings.data))
     archive = Archive(settings)
     cleared = archive.clear_staging()
     # We hold the data folder's lock, so no other process writes these blobs:
-    # nothing young can be another store in flight.
-    orphans = archive.sweep_orphans(grace_seconds=0)
+    # nothing young can be another store in flight -- unless the index is
+    # shared (PostgreSQL), where other nodes store into the same tiers.
+    orphans = archive.sweep_orphans(grace_seconds=None if archive.shared else 0)
     if cleared or orphans:
         log.warning(
             "startup sweep: removed %d unfinished staging file(s) and %d orphan blob(s)",
             cleared,
             len(orphans),
         )
+    _first_admin(archive)
     readiness = Readiness()
     dicom = DicomServer(archive)
     mover = JournalMover(archive)

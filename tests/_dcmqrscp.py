@@ -44,13 +44,21 @@ def _template_paths() -> list[Path]:
 
 
 def fill_storage(storage: Path) -> list[Path]:
-    """Write the legacy archive's objects into ``storage``; return their paths."""
+    """Write the legacy archive's objects into ``storage`` and index them for dcmqrscp; return their paths."""
+    written = legacy_files(storage)
+    subprocess.run(["dcmqridx", str(storage), *map(str, written)], check=True, capture_output=True, timeout=300)
+    return written
+
+
+def legacy_files(storage: Path, patients: int = PATIENTS) -> list[Path]:
+    """Write a legacy archive's objects (re-UID'd real samples) into ``storage``; return their paths."""
     templates = _template_paths()
     if len(templates) < 5:
         pytest.skip("pydicom-data sample files not installed")
+    storage.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     t = 0
-    for p in range(PATIENTS):
+    for p in range(patients):
         for s in range(STUDIES_PER_PATIENT):
             study_uid = generate_uid()
             study_date = f"2019{(p * STUDIES_PER_PATIENT + s) % 12 + 1:02d}{s * 7 + 3:02d}"
@@ -73,7 +81,6 @@ def fill_storage(storage: Path) -> list[Path]:
                     path = storage / f"{uid}.dcm"
                     ds.save_as(path, enforce_file_format=True)
                     written.append(path)
-    subprocess.run(["dcmqridx", str(storage), *map(str, written)], check=True, capture_output=True, timeout=300)
     return written
 
 
@@ -87,6 +94,7 @@ class Dcmqrscp:
     aet: str = LEGACY_AET
     port: int = field(default_factory=free_port)
     max_associations: int = 16
+    single_process: bool = False  # one association at a time, the others wait; else fork and refuse beyond the limit
     process: subprocess.Popen | None = None
 
     def start(self, workdir: Path) -> None:
@@ -99,7 +107,7 @@ class Dcmqrscp:
         )
         log = open(workdir / f"dcmqrscp-{self.port}.log", "ab")
         self.process = subprocess.Popen(
-            ["dcmqrscp", "-c", str(config), "--single-process" if self.max_associations == 1 else "--fork"],
+            ["dcmqrscp", "-c", str(config), "--single-process" if self.single_process else "--fork"],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + 20

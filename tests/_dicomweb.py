@@ -23,7 +23,7 @@ def client(server):  # type: ignore[no-untyped-def]
     """dicomweb-client on the archive's DICOMweb root."""
     from dicomweb_client.api import DICOMwebClient
 
-    return DICOMwebClient(url=server.http + "/dicomweb")
+    return DICOMwebClient(url=server.http + "/dicomweb", headers=server.headers)
 
 
 def read(source: Path | bytes) -> Dataset:
@@ -78,7 +78,7 @@ def stow(
     body, boundary = multipart([({"Content-Type": part_type}, c) for c in contents])
     url = server.http + "/dicomweb/studies" + (f"/{study}" if study else "")
     content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    return httpx.post(url, content=body, headers={"Content-Type": content_type, "Accept": accept}, timeout=120)
+    return httpx.post(url, content=body, headers={**server.headers, "Content-Type": content_type, "Accept": accept}, timeout=120)
 
 
 def sequence(document: dict[str, Any], tag: str) -> list[dict[str, Any]]:

@@ -149,6 +149,44 @@ class ArchiveProcess:
     def http(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    _headers: dict[str, str] | None = field(default=None, repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that authenticate a test client to this archive: a user
+        (administrator of the default organisation, else of the first configured
+        one) and an API token, made once through the real CLI."""
+        if self._headers is None:
+            token = self.add_user(f"test-{uuid.uuid4().hex[:8]}", "administrator")[1]
+            self._headers = {"Authorization": f"Bearer {token}"}
+        return self._headers
+
+    def owns(self, url: str) -> bool:
+        return url == self.http or url.startswith(self.http + "/")
+
+    def home_organisation(self) -> str:
+        import tomllib
+
+        config = tomllib.loads(self.extra_config)
+        if config.get("default_organisation"):
+            return str(config["default_organisation"])
+        if config.get("accept_unknown_aets", True) is not False:
+            return "default"
+        return str(config["organisations"][0]["code"])
+
+    def add_user(self, username: str, *roles: str, org: str | None = None, password: str = "test-password-1") -> tuple[str, str]:
+        """Add a user with ``password`` and an API token through the CLI: (username, token)."""
+        role_args = [arg for role in roles or ("administrator",) for arg in ("--role", role)]
+        result = subprocess.run(
+            [sys.executable, "-m", "samarkiv", "users", "add", username, "--org", org or self.home_organisation(),
+             *role_args, "--password-stdin", "--token", "--data", str(self.data), "--index-url", self.index_url],
+            input=password + "\n", capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise AssertionError(f"samarkiv users add failed:\n{result.stdout}\n{result.stderr}")
+        token = next(w for w in result.stdout.split() if w.startswith("smk_"))
+        return username, token
+
     @property
     def log(self) -> Path:
         return self.data.parent / f"{self.data.name}-serve.log"
@@ -167,6 +205,7 @@ class ArchiveProcess:
             "--aet", self.aet,
         ]  # fmt: skip
         self.process = subprocess.Popen(cmd, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        _STARTED[self.http] = self
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -197,6 +236,18 @@ class ArchiveProcess:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a ``samarkiv`` subcommand against this archive's data and index."""
         return run_cli(*args, "--data", str(self.data), "--index-url", self.index_url, check=check)
+
+
+_STARTED: dict[str, ArchiveProcess] = {}
+
+
+def auth_headers(url: str) -> dict[str, str]:
+    """The authenticating headers of the archive (started in this process) serving ``url``,
+    for helpers that are handed a URL rather than the archive."""
+    for base, server in _STARTED.items():
+        if server.owns(url):
+            return server.headers
+    raise AssertionError(f"no archive started here serves {url}")
 
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -143,7 +143,7 @@ def test_report_on_the_requesting_association(archive, small_files):
         assert "FailedSOPSequence" not in info
     finally:
         assoc.release()
-    metrics = httpx.get(f"{archive.http}/metrics").text
+    metrics = httpx.get(f"{archive.http}/metrics", headers=archive.headers).text
     assert 'samarkiv_errors_total{kind="blob-corrupt"} 1.0' in metrics
 
 

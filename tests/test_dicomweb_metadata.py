@@ -21,12 +21,13 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from _dicomweb import as_sent, client, consistent, expected_metadata, normalised, path_of, read, stow
+from conftest import auth_headers
 
 NS = {"d": "http://dicom.nema.org/PS3.19/models/NativeDICOM"}
 
 
 def metric(server, name: str) -> float:  # type: ignore[no-untyped-def]
-    text = httpx.get(server.http + "/metrics").text
+    text = httpx.get(server.http + "/metrics", headers=server.headers).text
     found = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
     return float(found.group(1)) if found else 0.0
 
@@ -123,7 +124,7 @@ def test_bulk_data_uris(archive, sample_files: list[Path]) -> None:  # type: ign
         f"{archive.http}/dicomweb/studies/{alok.StudyInstanceUID}/series/{alok.SeriesInstanceUID}"
         f"/instances/{alok.SOPInstanceUID}/metadata"
     )
-    served = httpx.get(url).json()[0]
+    served = httpx.get(url, headers=archive.headers).json()[0]
     base = url.removesuffix("/metadata") + "/bulk/"
     for tag in ("00281221", "00281222", "7FE00010"):
         assert served[tag] == {"vr": "OW", "BulkDataURI": base + tag}
@@ -209,7 +210,7 @@ def test_cold_series_answered_from_prepared_rows(make_archive) -> None:  # type:
     wait_prepared(server, len(instances))
     assert metric(server, "samarkiv_written_back_instances_total") == len(instances)  # journal drained first
 
-    served = httpx.get(series_url(server, instances[0]), timeout=60)
+    served = httpx.get(series_url(server, instances[0]), timeout=60, headers=server.headers)
     assert served.status_code == 200
     assert metric(server, "samarkiv_metadata_conversions_total") == 0
     items = {item["00080018"]["Value"][0]: item for item in served.json()}
@@ -228,13 +229,13 @@ def test_prepared_equals_converted(make_archive) -> None:  # type: ignore[no-unt
     instances = series_of(3)
     client(server).store_instances(instances)
     ds = instances[0]
-    converted = httpx.get(series_url(server, ds)).json()
+    converted = httpx.get(series_url(server, ds), headers=server.headers).json()
     assert metric(server, "samarkiv_metadata_conversions_total") == 3
-    study = httpx.get(f"{server.http}/dicomweb/studies/{ds.StudyInstanceUID}/metadata").json()
+    study = httpx.get(f"{server.http}/dicomweb/studies/{ds.StudyInstanceUID}/metadata", headers=server.headers).json()
     assert metric(server, "samarkiv_metadata_conversions_total") == 3
     assert metric(server, "samarkiv_metadata_prepared_total") == 0
     assert study == converted
-    gzipped = httpx.get(series_url(server, ds), headers={"Accept-Encoding": "gzip"})
+    gzipped = httpx.get(series_url(server, ds), headers={**server.headers, "Accept-Encoding": "gzip"})
     assert gzipped.headers.get("content-encoding") == "gzip" and gzipped.json() == converted
 
 
@@ -251,7 +252,7 @@ def test_replaced_instance_serves_new_json(make_archive) -> None:  # type: ignor
     assert web.store_instances([changed]).ReferencedSOPSequence[0].WarningReason == 0xB011
 
     def comments(url: str) -> dict[str, object]:
-        return {i["00080018"]["Value"][0]: i.get("00204000", {}).get("Value") for i in httpx.get(url).json()}
+        return {i["00080018"]["Value"][0]: i.get("00204000", {}).get("Value") for i in httpx.get(url, headers=server.headers).json()}
 
     assert comments(series_url(server, changed))[changed.SOPInstanceUID] == ["replaced"]
     assert metric(server, "samarkiv_metadata_conversions_total") == 1  # only the replaced one
@@ -266,7 +267,7 @@ def test_xml_and_gzip(archive) -> None:  # type: ignore[no-untyped-def]
     ds = instances[0]
     url = f"{archive.http}/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata"
 
-    response = httpx.get(url, headers={"Accept": 'multipart/related; type="application/dicom+xml"'})
+    response = httpx.get(url, headers={**archive.headers, "Accept": 'multipart/related; type="application/dicom+xml"'})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("multipart/related")
     message = BytesParser().parsebytes(
@@ -284,16 +285,16 @@ def test_xml_and_gzip(archive) -> None:  # type: ignore[no-untyped-def]
         assert name.find("d:FamilyName", NS).text == "Ærø" and name.find("d:GivenName", NS).text == "Åse"
     assert uids == {i.SOPInstanceUID for i in instances}
 
-    raw = httpx.get(url, headers={"Accept-Encoding": "gzip"})
+    raw = httpx.get(url, headers={**archive.headers, "Accept-Encoding": "gzip"})
     assert raw.headers.get("content-encoding") == "gzip"
-    plain = httpx.get(url, headers={"Accept-Encoding": "identity"})
+    plain = httpx.get(url, headers={**archive.headers, "Accept-Encoding": "identity"})
     assert "content-encoding" not in plain.headers
     assert raw.json() == plain.json() == json.loads(plain.content)
     assert zlib.decompress(_gzip_bytes(url), 16 + zlib.MAX_WBITS) == plain.content
 
 
 def _gzip_bytes(url: str) -> bytes:
-    with httpx.stream("GET", url, headers={"Accept-Encoding": "gzip"}) as response:
+    with httpx.stream("GET", url, headers={**auth_headers(url), "Accept-Encoding": "gzip"}) as response:
         return b"".join(response.iter_raw())
 
 
@@ -302,17 +303,17 @@ def test_errors(archive) -> None:  # type: ignore[no-untyped-def]
     client(archive).store_instances(instances)
     ds = instances[0]
     base = f"{archive.http}/dicomweb/studies"
-    for url in (
-        f"{base}/1.2.3.4/metadata",
-        f"{base}/{ds.StudyInstanceUID}/series/1.2.3.4/metadata",
-        f"{base}/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/1.2.3.4/metadata",
-        f"{base}/1.2.3.4/series/{ds.SeriesInstanceUID}/metadata",  # a series of another study
+    for url, status in (
+        (f"{base}/1.2.3.4/metadata", 403),  # no such study: refused like a hidden one (issue 5)
+        (f"{base}/{ds.StudyInstanceUID}/series/1.2.3.4/metadata", 404),
+        (f"{base}/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/1.2.3.4/metadata", 404),
+        (f"{base}/1.2.3.4/series/{ds.SeriesInstanceUID}/metadata", 403),  # a series of another (unknown) study
     ):
-        response = httpx.get(url)
-        assert response.status_code == 404, url
+        response = httpx.get(url, headers=archive.headers)
+        assert response.status_code == status, url
         assert response.headers["content-type"] == "application/problem+json"
-        assert response.json()["status"] == 404
-    response = httpx.get(f"{base}/{ds.StudyInstanceUID}/metadata", headers={"Accept": "image/png"})
+        assert response.json()["status"] == status
+    response = httpx.get(f"{base}/{ds.StudyInstanceUID}/metadata", headers={**archive.headers, "Accept": "image/png"})
     assert response.status_code == 406
     assert "application/dicom+json" in response.json()["detail"]
-    assert httpx.get(f"{base}/{ds.StudyInstanceUID}/metadata", headers={"Accept": "application/json"}).status_code == 200
+    assert httpx.get(f"{base}/{ds.StudyInstanceUID}/metadata", headers={**archive.headers, "Accept": "application/json"}).status_code == 200

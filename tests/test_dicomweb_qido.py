@@ -146,10 +146,10 @@ def test_matching(searchable) -> None:  # type: ignore[no-untyped-def]
     assert uids(found, "00080018") == ct_sops
     assert len(web.search_for_instances(search_filters={"SOPClassUID": "1.2.840.10008.5.1.4.1.1.4"})) == 2  # MR
 
-    response = httpx.get(f"{server.http}/dicomweb/studies", params={"PatientWeight": "70"})
+    response = httpx.get(f"{server.http}/dicomweb/studies", params={"PatientWeight": "70"}, headers=server.headers)
     assert response.status_code == 200 and len(response.json()) == 3  # no column: universal, with a warning
     assert "PatientWeight" in response.headers["warning"] and response.headers["warning"].startswith("299 ")
-    empty = httpx.get(f"{server.http}/dicomweb/studies", params={"PatientID": "nobody"})
+    empty = httpx.get(f"{server.http}/dicomweb/studies", params={"PatientID": "nobody"}, headers=server.headers)
     assert empty.status_code == 200 and empty.json() == []
 
 
@@ -163,7 +163,7 @@ def test_includefield(searchable) -> None:  # type: ignore[no-untyped-def]
         assert value(study, "00081030") == "study of Smith"
     both = httpx.get(
         f"{server.http}/dicomweb/studies",
-        params=[("StudyInstanceUID", smith.uid), ("includefield", "StudyDescription,PatientWeight"), ("includefield", "00101010")],
+        params=[("StudyInstanceUID", smith.uid), ("includefield", "StudyDescription,PatientWeight"), ("includefield", "00101010")],headers=server.headers
     ).json()[0]
     assert value(both, "00081030") == "study of Smith"
     assert value(both, "00101030") == 70.0  # no column: from a stored header
@@ -216,6 +216,18 @@ def test_server_maximum_warns(index_url: str, tmp_path) -> None:  # type: ignore
         app = FastAPI()
         app.include_router(router, prefix="/dicomweb")
         app.add_exception_handler(DicomWebError, dicomweb_error_handler)
+        # the caller: a user of the organisation owning what was stored (no authentication layer here)
+        from samarkiv.access.principal import Principal
+
+        home = archive.owner_for(None)
+        assert home is not None
+        tester = Principal(name="tester", kind="user", org_pk=home.pk, org_code=home.code, roles=frozenset({"radiologist"}))
+
+        @app.middleware("http")
+        async def as_tester(request, call_next):  # type: ignore[no-untyped-def]
+            request.scope.setdefault("state", {})["principal"] = tester
+            return await call_next(request)
+
         web = TestClient(app)
         response = web.get("/dicomweb/instances")
         assert len(response.json()) == 2
@@ -239,7 +251,7 @@ def test_xml(searchable) -> None:  # type: ignore[no-untyped-def]
     response = httpx.get(
         f"{server.http}/dicomweb/studies",
         params={"PatientID": "QA-*"},
-        headers={"Accept": 'multipart/related; type="application/dicom+xml"'},
+        headers={**server.headers, "Accept": 'multipart/related; type="application/dicom+xml"'},
     )
     assert response.status_code == 200
     message = BytesParser().parsebytes(
@@ -275,17 +287,17 @@ def test_bad_requests(archive) -> None:  # type: ignore[no-untyped-def]
     """400 with a problem document naming the parameter (never echoing patient data)."""
     for params, named in BAD_REQUESTS:
         level = "series" if "SeriesNumber" in params else "studies"
-        response = httpx.get(f"{archive.http}/dicomweb/{level}", params=params)
+        response = httpx.get(f"{archive.http}/dicomweb/{level}", params=params, headers=archive.headers)
         assert response.status_code == 400, params
         assert response.headers["content-type"] == "application/problem+json"
         assert named in response.json()["detail"], params
-    repeated = httpx.get(f"{archive.http}/dicomweb/studies", params=[("PatientID", "a"), ("00100020", "b")])
+    repeated = httpx.get(f"{archive.http}/dicomweb/studies", params=[("PatientID", "a"), ("00100020", "b")], headers=archive.headers)
     assert repeated.status_code == 400 and "more than once" in repeated.json()["detail"]
 
 
 def test_not_acceptable(archive) -> None:  # type: ignore[no-untyped-def]
-    response = httpx.get(f"{archive.http}/dicomweb/studies", headers={"Accept": "text/html"})
+    response = httpx.get(f"{archive.http}/dicomweb/studies", headers={**archive.headers, "Accept": "text/html"})
     assert response.status_code == 406
     assert response.headers["content-type"] == "application/problem+json"
     for accept in ("application/json", "*/*", "application/dicom+json; q=0.5, text/html"):
-        assert httpx.get(f"{archive.http}/dicomweb/studies", headers={"Accept": accept}).status_code == 200
+        assert httpx.get(f"{archive.http}/dicomweb/studies", headers={**archive.headers, "Accept": accept}).status_code == 200

@@ -118,7 +118,7 @@ def test_status_codes_and_reasons(archive) -> None:  # type: ignore[no-untyped-d
     assert wrong.status_code == 202
     (failed,) = sequence(wrong.json(), "00081198")
     assert value(failed, "00081197") == 0xC409 and value(failed, "00081155") == elsewhere.SOPInstanceUID
-    assert httpx.get(f"{archive.http}/dicomweb/instances", params={"SOPInstanceUID": elsewhere.SOPInstanceUID}).json() == []
+    assert httpx.get(f"{archive.http}/dicomweb/instances", params={"SOPInstanceUID": elsewhere.SOPInstanceUID}, headers=archive.headers).json() == []
     only_wrong = stow(archive, [part10(ct(StudyInstanceUID=generate_uid()))], study=first.StudyInstanceUID)
     assert only_wrong.status_code == 409
 
@@ -147,24 +147,24 @@ def test_request_errors(archive) -> None:  # type: ignore[no-untyped-def]
         assert response.headers["content-type"] == "application/problem+json"
         return response.json()["detail"]
 
-    assert "multipart/related" in problem(httpx.post(url, content=data, headers={"Content-Type": "application/dicom"}), 415)
+    assert "multipart/related" in problem(httpx.post(url, content=data, headers={**archive.headers, "Content-Type": "application/dicom"}), 415)
     body, boundary = multipart([({"Content-Type": "application/dicom+xml"}, b"<x/>")])
     xml_type = f'multipart/related; type="application/dicom+xml"; boundary={boundary}'
-    assert "application/dicom+xml" in problem(httpx.post(url, content=body, headers={"Content-Type": xml_type}), 415)
+    assert "application/dicom+xml" in problem(httpx.post(url, content=body, headers={**archive.headers, "Content-Type": xml_type}), 415)
     assert "boundary" in problem(
-        httpx.post(url, content=data, headers={"Content-Type": 'multipart/related; type="application/dicom"'}), 400
+        httpx.post(url, content=data, headers={**archive.headers, "Content-Type": 'multipart/related; type="application/dicom"'}), 400
     )
     ok_type = 'multipart/related; type="application/dicom"; boundary=abc'
-    assert "boundary" in problem(httpx.post(url, content=data, headers={"Content-Type": ok_type}), 400)
+    assert "boundary" in problem(httpx.post(url, content=data, headers={**archive.headers, "Content-Type": ok_type}), 400)
     truncated = b"--abc\r\nContent-Type: application/dicom\r\n\r\n" + data[:1000]
-    assert "closing boundary" in problem(httpx.post(url, content=truncated, headers={"Content-Type": ok_type}), 400)
+    assert "closing boundary" in problem(httpx.post(url, content=truncated, headers={**archive.headers, "Content-Type": ok_type}), 400)
     garbage_header = b"--abc\r\nno colon here\r\n\r\n" + data + b"\r\n--abc--"
-    assert "header" in problem(httpx.post(url, content=garbage_header, headers={"Content-Type": ok_type}), 400)
-    assert problem(httpx.post(url, content=b"--abc--\r\n", headers={"Content-Type": ok_type}), 400)
-    answer = httpx.post(url, content=data, headers={"Content-Type": "application/dicom", "Accept": "image/png"})
+    assert "header" in problem(httpx.post(url, content=garbage_header, headers={**archive.headers, "Content-Type": ok_type}), 400)
+    assert problem(httpx.post(url, content=b"--abc--\r\n", headers={**archive.headers, "Content-Type": ok_type}), 400)
+    answer = httpx.post(url, content=data, headers={**archive.headers, "Content-Type": "application/dicom", "Accept": "image/png"})
     assert answer.status_code == 406
     # nothing of the above was stored
-    assert httpx.get(f"{archive.http}/dicomweb/instances").json() == []
+    assert httpx.get(f"{archive.http}/dicomweb/instances", headers=archive.headers).json() == []
 
 
 def test_multipart_parsing_edges(archive) -> None:  # type: ignore[no-untyped-def]
@@ -188,7 +188,7 @@ def test_multipart_parsing_edges(archive) -> None:  # type: ignore[no-untyped-de
     response = httpx.post(
         f"{archive.http}/dicomweb/studies",
         content=dribble(),
-        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary="{boundary}"'},
+        headers={**archive.headers, "Content-Type": f'multipart/related; type="application/dicom"; boundary="{boundary}"'},
     )
     assert response.status_code == 200, response.text
     assert [value(i, "00081155") for i in sequence(response.json(), "00081199")] == [a.SOPInstanceUID, b.SOPInstanceUID]
@@ -248,7 +248,7 @@ def test_json_with_bulk_data(archive) -> None:  # type: ignore[no-untyped-def]
     response = httpx.post(
         f"{archive.http}/dicomweb/studies",
         content=body,
-        headers={"Content-Type": f'multipart/related; type="application/dicom+json"; boundary={boundary}'},
+        headers={**archive.headers, "Content-Type": f'multipart/related; type="application/dicom+json"; boundary={boundary}'},
     )
     assert response.status_code == 200, response.text
     assert {value(i, "00081155") for i in sequence(response.json(), "00081199")} == {
@@ -273,7 +273,47 @@ def test_json_with_bulk_data(archive) -> None:  # type: ignore[no-untyped-def]
     response = httpx.post(
         f"{archive.http}/dicomweb/studies",
         content=body,
-        headers={"Content-Type": f'multipart/related; type="application/dicom+json"; boundary={boundary}'},
+        headers={**archive.headers, "Content-Type": f'multipart/related; type="application/dicom+json"; boundary={boundary}'},
     )
     assert response.status_code == 409
     assert [value(i, "00081197") for i in sequence(response.json(), "00081198")] == [0xC000, 0xC000]
+
+
+def test_stored_objects_belong_to_the_callers_organisation(make_archive) -> None:  # type: ignore[no-untyped-def]
+    """STOW-RS files what a user stores under that user's organisation (issue 4:
+    the authenticated client's), and without an issuer in the dataset under its
+    Issuer of Patient ID; the same file from the default organisation's user
+    would be another patient."""
+    from sqlalchemy import select
+
+    from samarkiv.index.identity_schema import organisations
+    from samarkiv.index.schema import instances, patients, series, studies
+
+    server = make_archive('[[organisations]]\ncode = "SU"\nname = "Sahlgrenska"\nissuer_of_patient_id = "SU"\n')
+    _, token = server.add_user("su-radiographer", "technologist", org="SU")
+    su_headers = {"Authorization": f"Bearer {token}"}
+    ds = ct(PatientID="SU-1")
+    if "IssuerOfPatientID" in ds:
+        del ds.IssuerOfPatientID
+    body, boundary = multipart([({"Content-Type": "application/dicom"}, part10(ds))])
+    answer = httpx.post(
+        server.http + "/dicomweb/studies", content=body, timeout=60,
+        headers={**su_headers, "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                 "Accept": "application/dicom+json"},
+    )  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    archive = open_archive(server)
+    try:
+        with archive.engine.connect() as conn:
+            owner, issuer = conn.execute(
+                select(organisations.c.code, patients.c.issuer_of_patient_id)
+                .select_from(instances)
+                .join(organisations, organisations.c.pk == instances.c.org_pk)
+                .join(series, series.c.pk == instances.c.series_pk)
+                .join(studies, studies.c.pk == series.c.study_pk)
+                .join(patients, patients.c.pk == studies.c.patient_pk)
+                .where(instances.c.sop_instance_uid == ds.SOPInstanceUID)
+            ).one()
+    finally:
+        archive.close()
+    assert (owner, issuer) == ("SU", "SU")

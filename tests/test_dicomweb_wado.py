@@ -42,7 +42,7 @@ OCTET_ANY = (("application/octet-stream", "*"),)
 
 
 def client(archive) -> DICOMwebClient:  # type: ignore[no-untyped-def]
-    return DICOMwebClient(url=f"{archive.http}/dicomweb")
+    return DICOMwebClient(url=f"{archive.http}/dicomweb", headers=archive.headers)
 
 
 def store(archive, *files: Path) -> None:  # type: ignore[no-untyped-def]
@@ -92,7 +92,7 @@ def test_retrieve_study_series_instance_as_stored(archive, sample_files):
         # transfer-syntax=* : the stored bytes, untouched
         response = httpx.get(
             instance_url(archive.http, path),
-            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+            headers={**archive.headers, "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
         )
         assert response.status_code == 200
         assert response.headers["content-type"].startswith('multipart/related; type="application/dicom"')
@@ -110,7 +110,7 @@ def test_retrieve_study_series_instance_as_stored(archive, sample_files):
 
     # application/zip: the stored objects in a ZIP file
     study = uids(files[0])[0]
-    response = httpx.get(f"{archive.http}/dicomweb/studies/{study}", headers={"Accept": "application/zip"})
+    response = httpx.get(f"{archive.http}/dicomweb/studies/{study}", headers={**archive.headers, "Accept": "application/zip"})
     assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(response.content)) as packed:
         for name in packed.namelist():
@@ -120,13 +120,13 @@ def test_retrieve_study_series_instance_as_stored(archive, sample_files):
     # no transfer syntax asked: Explicit VR Little Endian (PS3.18 8.7.3.5) for a
     # lossless original, the stored form for a lossy one
     rle, jpeg = files[1], files[2]
-    response = httpx.get(instance_url(archive.http, rle), headers={"Accept": 'multipart/related; type="application/dicom"'})
+    response = httpx.get(instance_url(archive.http, rle), headers={**archive.headers, "Accept": 'multipart/related; type="application/dicom"'})
     [(part_type, content)] = parse_multipart(response.headers["content-type"], response.content)
     assert part_type == f"application/dicom; transfer-syntax={ExplicitVRLittleEndian}"
     decoded = pydicom.dcmread(io.BytesIO(content))
     assert decoded.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert np.array_equal(decoded.pixel_array, pixels(rle))
-    response = httpx.get(instance_url(archive.http, jpeg), headers={"Accept": 'multipart/related; type="application/dicom"'})
+    response = httpx.get(instance_url(archive.http, jpeg), headers={**archive.headers, "Accept": 'multipart/related; type="application/dicom"'})
     [(part_type, content)] = parse_multipart(response.headers["content-type"], response.content)
     assert content == stored_bytes(archive, uids(jpeg)[2])
 
@@ -157,14 +157,14 @@ def test_transcoding_that_cannot_be_done_is_not_acceptable(archive, sample_files
         "application/json",
         'multipart/related; type="image/png"',
     ):
-        response = httpx.get(url, headers={"Accept": accept})
+        response = httpx.get(url, headers={**archive.headers, "Accept": accept})
         assert response.status_code == 406, accept
         assert response.headers["content-type"] == "application/problem+json"
         assert "acceptable" in response.json()["detail"]
     # a later acceptable entry is chosen when the first cannot be served
     response = httpx.get(
         url,
-        headers={
+        headers={**archive.headers, 
             "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50, '
             'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.5; q=0.5'
         },
@@ -228,7 +228,7 @@ def test_frames_reencoded_on_request(archive, sample_files):
                 reference = ds.pixel_array if int(ds.get("NumberOfFrames", 1)) == 1 else ds.pixel_array[number - 1]
                 assert np.array_equal(decoded, reference), (path.name, media_type)
     # the part says what it holds
-    response = httpx.get(instance_url(archive.http, ct) + "/frames/1", headers={"Accept": 'multipart/related; type="image/jls"'})
+    response = httpx.get(instance_url(archive.http, ct) + "/frames/1", headers={**archive.headers, "Accept": 'multipart/related; type="image/jls"'})
     [(part_type, _)] = parse_multipart(response.headers["content-type"], response.content)
     assert part_type == f"image/jls; transfer-syntax={JPEGLSLossless}"
 
@@ -240,13 +240,13 @@ def test_frame_errors(archive, sample_files, tmp_path):
     store(archive, ct, emr, pdf)
     base = instance_url(archive.http, emr)
     for frames, status in (("11", 404), ("0", 400), ("1,x", 400), ("-1", 400), ("1,,2", 400), ("3,12", 404)):
-        response = httpx.get(f"{base}/frames/{frames}")
+        response = httpx.get(f"{base}/frames/{frames}", headers=archive.headers)
         assert response.status_code == status, frames
         assert response.headers["content-type"] == "application/problem+json"
-    response = httpx.get(instance_url(archive.http, pdf) + "/frames/1")
+    response = httpx.get(instance_url(archive.http, pdf) + "/frames/1", headers=archive.headers)
     assert response.status_code == 400 and "pixel data" in response.json()["detail"]
     # JPEG lossless/baseline cannot be written here: a native frame as image/jpeg is not acceptable
-    response = httpx.get(instance_url(archive.http, ct) + "/frames/1", headers={"Accept": 'multipart/related; type="image/jpeg"'})
+    response = httpx.get(instance_url(archive.http, ct) + "/frames/1", headers={**archive.headers, "Accept": 'multipart/related; type="image/jpeg"'})
     assert response.status_code == 406
 
 
@@ -264,14 +264,14 @@ def test_bulkdata_with_ranges(archive, sample_files, tmp_path):
 
     assert dw.retrieve_bulkdata(url) == [pixel_data]
     assert dw.retrieve_bulkdata(url, byte_range=(100, 199)) == [pixel_data[100:200]]
-    single = httpx.get(url, headers={"Accept": "application/octet-stream", "Range": "bytes=-16"})
+    single = httpx.get(url, headers={**archive.headers, "Accept": "application/octet-stream", "Range": "bytes=-16"})
     assert single.status_code == 206
     assert single.content == pixel_data[-16:]
     assert single.headers["content-range"] == f"bytes {len(pixel_data) - 16}-{len(pixel_data) - 1}/{len(pixel_data)}"
     assert single.headers["accept-ranges"] == "bytes"
-    whole = httpx.get(url, headers={"Accept": "application/octet-stream"})
+    whole = httpx.get(url, headers={**archive.headers, "Accept": "application/octet-stream"})
     assert whole.status_code == 200 and whole.content == pixel_data
-    beyond = httpx.get(url, headers={"Accept": "application/octet-stream", "Range": f"bytes={len(pixel_data)}-"})
+    beyond = httpx.get(url, headers={**archive.headers, "Accept": "application/octet-stream", "Range": f"bytes={len(pixel_data)}-"})
     assert beyond.status_code == 416
     assert beyond.headers["content-range"] == f"bytes */{len(pixel_data)}"
 
@@ -285,13 +285,13 @@ def test_bulkdata_with_ranges(archive, sample_files, tmp_path):
     doc_url = instance_url(archive.http, pdf_path) + "/bulk/00420011"
     value = pydicom.dcmread(pdf_path).EncapsulatedDocument
     assert dw.retrieve_bulkdata(doc_url) == [value]
-    as_pdf = httpx.get(doc_url, headers={"Accept": "application/pdf"})
+    as_pdf = httpx.get(doc_url, headers={**archive.headers, "Accept": "application/pdf"})
     assert as_pdf.headers["content-type"] == "application/pdf" and as_pdf.content.startswith(document[:64])
 
     for path, status in (("/bulk/7FE0001", 400), ("/bulk/XYZ00010", 400), ("/bulk/00990099", 404)):
-        response = httpx.get(instance_url(archive.http, ct) + path)
+        response = httpx.get(instance_url(archive.http, ct) + path, headers=archive.headers)
         assert response.status_code == status, path
-    assert httpx.get(url, headers={"Accept": "text/html"}).status_code == 406
+    assert httpx.get(url, headers={**archive.headers, "Accept": "text/html"}).status_code == 406
 
 
 # --- rendered and thumbnails -----------------------------------------------------------------
@@ -345,7 +345,7 @@ def test_rendered_images(archive, sample_files, tmp_path):
     assert image(dw.retrieve_instance_rendered(p_study, p_series, p_sop)).mode == "RGB"
 
     # series and study: one rendered part per instance
-    response = httpx.get(f"{archive.http}/dicomweb/studies/{m_study}/series/{m_series}/rendered", headers={"Accept": "image/jpeg"})
+    response = httpx.get(f"{archive.http}/dicomweb/studies/{m_study}/series/{m_series}/rendered", headers={**archive.headers, "Accept": "image/jpeg"})
     assert response.status_code == 200
     parts = parse_multipart(response.headers["content-type"], response.content)
     assert [image(content).format for _, content in parts] == ["JPEG"]
@@ -357,11 +357,11 @@ def test_rendered_errors(archive, sample_files):
     url = instance_url(archive.http, ct) + "/rendered"
     for query in ("window=40", "window=a,b", "window=40,0", "window=40,80,cubic", "viewport=0,10", "viewport=10",
                   "viewport=10,10,500,500,10,10", "quality=0", "quality=high"):  # fmt: skip
-        response = httpx.get(f"{url}?{query}")
+        response = httpx.get(f"{url}?{query}", headers=archive.headers)
         assert response.status_code == 400, query
         assert response.headers["content-type"] == "application/problem+json"
-    assert httpx.get(url, headers={"Accept": "text/html"}).status_code == 406
-    assert httpx.get(instance_url(archive.http, ct) + "/frames/2/rendered").status_code == 404
+    assert httpx.get(url, headers={**archive.headers, "Accept": "text/html"}).status_code == 406
+    assert httpx.get(instance_url(archive.http, ct) + "/frames/2/rendered", headers=archive.headers).status_code == 404
 
 
 def test_thumbnails(archive, sample_files):
@@ -375,10 +375,10 @@ def test_thumbnails(archive, sample_files):
             instance_url(archive.http, path) + "/thumbnail",
             instance_url(archive.http, path) + "/frames/1/thumbnail",
         ):
-            response = httpx.get(url)
+            response = httpx.get(url, headers=archive.headers)
             assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg", url
             assert max(image(response.content).size) == 128
-    asked = httpx.get(instance_url(archive.http, ct) + "/thumbnail?viewport=40,40", headers={"Accept": "image/png"})
+    asked = httpx.get(instance_url(archive.http, ct) + "/thumbnail?viewport=40,40", headers={**archive.headers, "Accept": "image/png"})
     assert image(asked.content).size == (40, 40) and image(asked.content).format == "PNG"
 
 
@@ -392,23 +392,23 @@ def test_pdf_and_video_render_as_themselves(archive, tmp_path):
     dw = client(archive)
 
     study, series, sop = uids(pdf_path)
-    rendered = httpx.get(instance_url(archive.http, pdf_path) + "/rendered")
+    rendered = httpx.get(instance_url(archive.http, pdf_path) + "/rendered", headers=archive.headers)
     assert rendered.status_code == 200 and rendered.headers["content-type"] == "application/pdf"
     assert rendered.content == document
     assert dw.retrieve_instance_rendered(study, series, sop, media_types=("application/pdf",)) == document
-    thumb = httpx.get(instance_url(archive.http, pdf_path) + "/thumbnail")
+    thumb = httpx.get(instance_url(archive.http, pdf_path) + "/thumbnail", headers=archive.headers)
     assert thumb.status_code == 200 and image(thumb.content).format == "JPEG"
 
-    video = httpx.get(instance_url(archive.http, video_path) + "/rendered")
+    video = httpx.get(instance_url(archive.http, video_path) + "/rendered", headers=archive.headers)
     assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
     assert video.content[4:8] == b"ftyp"  # an MP4 file a browser plays, not the bare stream
-    thumb = httpx.get(instance_url(archive.http, video_path) + "/thumbnail")
+    thumb = httpx.get(instance_url(archive.http, video_path) + "/thumbnail", headers=archive.headers)
     assert thumb.status_code == 200 and image(thumb.content).size == (128, 96)
     # the bare stream stays available as bulk data
     v_study, v_series, v_sop = uids(video_path)
-    bulk = httpx.get(instance_url(archive.http, video_path) + "/bulk/7FE00010", headers={"Accept": "video/mp4"})
+    bulk = httpx.get(instance_url(archive.http, video_path) + "/bulk/7FE00010", headers={**archive.headers, "Accept": "video/mp4"})
     assert bulk.content in (stream, stream + b"\x00")  # PS3.5 A.4: the last fragment has even length
-    frames = httpx.get(instance_url(archive.http, video_path) + "/frames/1")
+    frames = httpx.get(instance_url(archive.http, video_path) + "/frames/1", headers=archive.headers)
     assert frames.status_code == 400
 
 
@@ -422,7 +422,6 @@ def test_unknown_and_misplaced_resources(archive, sample_files):
     other_study, other_series, _ = uids(mr)
     base = f"{archive.http}/dicomweb"
     for path in (
-        "/studies/1.2.3.4",
         f"/studies/{study}/series/1.2.3.4",
         f"/studies/{study}/series/{series}/instances/1.2.3.4",
         f"/studies/{other_study}/series/{series}",  # exists, but in another study
@@ -430,15 +429,20 @@ def test_unknown_and_misplaced_resources(archive, sample_files):
         f"/studies/{study}/series/{series}/instances/1.2.3.4/frames/1",
         f"/studies/{study}/series/{series}/instances/1.2.3.4/rendered",
         f"/studies/{study}/series/{series}/instances/1.2.3.4/bulk/7FE00010",
-        "/studies/1.2.3.4/thumbnail",
     ):
-        response = httpx.get(base + path)
+        response = httpx.get(base + path, headers=archive.headers)
         assert response.status_code == 404, path
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["detail"]
+    # a study the caller may not see answers as one that does not exist: 403 (issue 5)
+    for path in ("/studies/1.2.3.4", "/studies/1.2.3.4/thumbnail", "/studies/1.2.3.4/series/1.2.3.5/instances/1.2.3.6/frames/1"):
+        response = httpx.get(base + path, headers=archive.headers)
+        assert response.status_code == 403, path
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["detail"] == "access to this study is not permitted"
     for path in ("/studies/not-a-uid", f"/studies/{study}/series/1..2", f"/studies/{study}/series/{series}/instances/x"):
-        assert httpx.get(base + path).status_code == 400, path
-    assert httpx.get(base + f"/studies/{study}", headers={"Accept": "multipart/related; q=x"}).status_code == 400
+        assert httpx.get(base + path, headers=archive.headers).status_code == 400, path
+    assert httpx.get(base + f"/studies/{study}", headers={**archive.headers, "Accept": "multipart/related; q=x"}).status_code == 400
 
 
 # --- streaming -----------------------------------------------------------------------------
@@ -456,7 +460,7 @@ def test_large_study_is_streamed_with_bounded_memory(make_archive, tmp_path):
 
     digest, received = hashlib.sha256(), 0
     accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
-    with httpx.stream("GET", f"{server.http}/dicomweb/studies/{study}", headers=accept, timeout=600) as response:
+    with httpx.stream("GET", f"{server.http}/dicomweb/studies/{study}", headers={**server.headers, **accept}, timeout=600) as response:
         assert response.status_code == 200
         for chunk in response.iter_bytes(1 << 20):
             digest.update(chunk)

@@ -38,7 +38,7 @@ def make_series(folder: Path, count: int) -> dict[str, Path]:
 
 
 def stored_count(server) -> float:
-    metrics = httpx.get(f"{server.http}/metrics", timeout=5).text
+    metrics = httpx.get(f"{server.http}/metrics", timeout=5, headers=server.headers).text
     match = re.search(r'samarkiv_stores_total\{outcome="stored"\} ([0-9.]+)', metrics)
     return float(match.group(1)) if match else 0.0
 

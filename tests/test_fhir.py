@@ -25,7 +25,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from conftest import ArchiveProcess, storescu
+from conftest import ArchiveProcess, auth_headers, storescu
 
 PERSONNUMMER_OID = "1.2.752.129.2.1.3.1"
 PNR = "191212121212"  # Skatteverket's test personnummer 19121212-1212
@@ -129,7 +129,8 @@ def test_the_validator_rejects_invalid_fhir() -> None:
 
 def get_fhir(url: str, *, status: int = 200, **kwargs: Any) -> dict[str, Any]:
     """GET a FHIR answer, check its status, media type and FHIR R4 validity."""
-    response = httpx.get(url, timeout=30, **kwargs)
+    headers = {**auth_headers(url), **kwargs.pop("headers", {})}
+    response = httpx.get(url, timeout=30, headers=headers, **kwargs)
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith(FHIR_JSON)
     body = response.json()
@@ -209,6 +210,10 @@ class Region:
     def fhir(self) -> str:
         return f"{self.server.http}/fhir"
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.server.headers
+
 
 @pytest.fixture
 def region(archive: ArchiveProcess, tmp_path: Path) -> Region:
@@ -274,6 +279,37 @@ def test_patient_search_by_national_number_finds_the_person(region: Region) -> N
     # Unknown numbers and systems find nothing.
     assert get_fhir(f"{region.fhir}/Patient", params={"identifier": f"urn:oid:{PERSONNUMMER_OID}|190101010101"})["total"] == 0
     assert get_fhir(f"{region.fhir}/Patient", params={"identifier": "http://example.org/ids|SU-77"})["total"] == 0
+
+
+def test_patient_search_by_name_birth_date_and_gender(region: Region, tmp_path: Path) -> None:
+    person_a = _patient_id(region, f"urn:oid:{PERSONNUMMER_OID}", PNR)
+    person_b = _patient_id(region, "urn:samarkiv:issuer:SU", "KS-1001")
+    files, _ = _dataset(tmp_path, "RAD-5", "RAD", name="Østergård^Åsa", study_date="20240501")
+    _send(region.server, files)
+
+    def found(**params: str) -> set[str]:
+        bundle = get_fhir(f"{region.fhir}/Patient", params=params)
+        assert bundle["total"] == len(bundle.get("entry", []))
+        return {e["resource"]["id"] for e in bundle.get("entry", [])}
+
+    assert found(name="test") == {person_a}  # family name, case-insensitive, starts with
+    assert found(name="TOLV") == found(name="anders") == {person_a}  # given and middle names
+    assert found(name="person") == {person_b}
+    assert found(name="esss") == set() and found(name="sson") == set()  # not in the middle of a name
+    assert found(**{"name:contains": "ESTS"}) == {person_a}
+    assert found(**{"name:exact": "Testsson"}) == {person_a} and found(**{"name:exact": "testsson"}) == set()
+    assert found(family="tolvan") == set() and found(given="tolvan") == {person_a} and found(family="annan") == {person_b}
+    assert found(name="annan,testsson") == {person_a, person_b}  # a list is OR
+    nordic = found(name="østergård")  # case folding beyond ASCII, on both index engines
+    assert len(nordic) == 1 and found(given="åsa") == nordic
+    assert nordic.isdisjoint({person_a, person_b})
+
+    assert found(birthdate="1912-12-12") == found(birthdate="1912") == {person_a, person_b, *nordic}
+    assert found(birthdate="lt1912-12-12") == set() and found(birthdate="ge1912-12-12") == {person_a, person_b, *nordic}
+    assert found(gender="male") == {person_a, person_b, *nordic} and found(gender="female") == set()
+    assert found(name="test", birthdate="1912-12-12", gender="male") == {person_a}  # parameters are AND
+    problem = get_fhir(f"{region.fhir}/Patient", params={"birthdate": "12/12/1912"}, status=400)
+    assert "birthdate" in problem["issue"][0]["diagnostics"]
 
 
 def test_merged_person_links_to_the_one_kept(region: Region) -> None:
@@ -356,7 +392,7 @@ def test_imaging_study_search_parameters_and_paging(region: Region) -> None:
     assert sorted(seen) == sorted([ks, su, other]) and len(seen) == 3
 
     # POST [type]/_search (search.html: keeps identifiers out of URLs).
-    response = httpx.post(f"{url}/_search", data={"subject:Patient.identifier": f"urn:oid:{PERSONNUMMER_OID}|{PNR}"})
+    response = httpx.post(f"{url}/_search", data={"subject:Patient.identifier": f"urn:oid:{PERSONNUMMER_OID}|{PNR}"}, headers=region.headers)
     assert response.status_code == 200 and response.headers["content-type"].startswith(FHIR_JSON)
     assert _study_ids(response.json()) == {ks, su}
 
@@ -381,7 +417,7 @@ def test_manual_link_with_the_cli_joins_a_third_organisation(region: Region, tmp
 def test_endpoint_address_serves_the_study_over_qido(region: Region) -> None:
     study = get_fhir(f"{region.fhir}/ImagingStudy/{region.ks.study_uid}")
     address = study["contained"][0]["address"]
-    response = httpx.get(f"{address}/studies", params={"StudyInstanceUID": region.ks.study_uid}, timeout=30)
+    response = httpx.get(f"{address}/studies", params={"StudyInstanceUID": region.ks.study_uid}, timeout=30, headers=region.headers)
     assert response.status_code == 200, response.text
     (found,) = response.json()
     assert found["0020000D"]["Value"] == [region.ks.study_uid]
@@ -439,17 +475,17 @@ def test_capability_statement_and_errors(archive: ArchiveProcess) -> None:
     get_fhir(f"{fhir}/Patient", headers={"Accept": "application/fhir+xml"}, status=406)
 
     # Unknown parameters: lenient by default (ignored, reported), 400 with Prefer: handling=strict.
-    lenient = get_fhir(f"{fhir}/Patient", params={"family": "Testsson"})
+    lenient = get_fhir(f"{fhir}/Patient", params={"address-city": "Solna"})
     assert lenient["total"] == 0
     (outcome,) = [e for e in lenient["entry"] if e["search"]["mode"] == "outcome"]
-    assert "family" in issue(outcome["resource"])["diagnostics"] and "family" not in lenient["link"][0]["url"]
-    strict = get_fhir(f"{fhir}/Patient", params={"family": "Testsson"}, headers={"Prefer": "handling=strict"}, status=400)
-    assert "family" in issue(strict)["diagnostics"]
+    assert "address-city" in issue(outcome["resource"])["diagnostics"] and "address-city" not in lenient["link"][0]["url"]
+    strict = get_fhir(f"{fhir}/Patient", params={"address-city": "Solna"}, headers={"Prefer": "handling=strict"}, status=400)
+    assert "address-city" in issue(strict)["diagnostics"]
 
     for method in ("POST", "PUT", "DELETE"):
-        response = httpx.request(method, f"{fhir}/Patient/1", json={"resourceType": "Patient"})
+        response = httpx.request(method, f"{fhir}/Patient/1", json={"resourceType": "Patient"}, headers=archive.headers)
         assert response.status_code == 405 and response.headers["allow"] == "GET"
         assert response.headers["content-type"].startswith(FHIR_JSON)
         assert issue(response.json())["code"] == "not-supported"
-    response = httpx.post(f"{fhir}/Patient", json={"resourceType": "Patient"})
+    response = httpx.post(f"{fhir}/Patient", json={"resourceType": "Patient"}, headers=archive.headers)
     assert response.status_code == 405

@@ -192,7 +192,7 @@ def test_study_level_matching(find: Finder, catalogue) -> None:  # type: ignore[
     # the same through the Patient Root model
     assert values(find("STUDY", "PatientID=PQA-001", uid, model="-P"), uid) == [A1, A2]
 
-    metrics = httpx.get(f"{catalogue.http}/metrics").text
+    metrics = httpx.get(f"{catalogue.http}/metrics", headers=catalogue.headers).text
     assert f'samarkiv_queries_total{{level="study"}} {find.calls}.0' in metrics
 
 
@@ -414,3 +414,58 @@ def test_matching_edge_cases(local_archive) -> None:  # type: ignore[no-untyped-
             list(run_query(local_archive.engine, Query(Level.IMAGE, bad)))
     with pytest.raises(QueryError):
         list(run_query(local_archive.engine, Query(Level.PATIENT, {})))  # Study Root has no PATIENT level
+
+
+# --- answer encoding ---------------------------------------------------------------------
+
+
+def _answers() -> list[Dataset]:
+    """Answers shaped like index/query.py's: text values, counts, lists, empties, UTF-8."""
+    from pydicom.sequence import Sequence
+
+    plain = Dataset()
+    plain.QueryRetrieveLevel = "STUDY"
+    plain.PatientName = "Doe^John"
+    plain.PatientID = "PID1"  # even length
+    plain.PatientBirthDate = "19121212"
+    plain.PatientSex = "M"  # odd: padded with a space
+    plain.StudyInstanceUID = "1.2.3.45"  # even
+    plain.SeriesInstanceUID = "1.2.3.456"  # odd: padded with NUL
+    plain.StudyDate = ""
+    plain.AccessionNumber = None
+    plain.ModalitiesInStudy = ["CT", "SR"]
+    plain.NumberOfStudyRelatedInstances = 12
+    plain.Rows, plain.Columns = 512, 256
+    plain.StudyDescription = "Thorax " * 20
+    nordic = Dataset()
+    nordic.SpecificCharacterSet = "ISO_IR 192"
+    nordic.PatientName = "Østergård^Åsa"
+    nordic.InstitutionName = "Sjukhuset i Växjö"
+    nordic.QueryRetrieveLevel = "PATIENT"
+    latin = Dataset()
+    latin.SpecificCharacterSet = "ISO_IR 100"  # not ours: pydicom writes it
+    latin.PatientName = "Ärlig^Åke"
+    nested = Dataset()
+    item = Dataset()
+    item.UniversalEntityID = "1.2.752.129.2.1.3.1"
+    nested.PatientID = "X"
+    nested.IssuerOfPatientIDQualifiersSequence = Sequence([item])
+    return [plain, nordic, latin, nested]
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"])
+def test_answers_encode_exactly_as_pydicom_writes_them(syntax: str) -> None:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pydicom.uid import UID
+
+    from samarkiv.dimse.encode import encode_dataset, encode_flat
+
+    uid = UID(syntax)
+    for n, ds in enumerate(_answers()):
+        reference = DicomBytesIO()
+        reference.is_implicit_VR, reference.is_little_endian = uid.is_implicit_VR, uid.is_little_endian
+        write_dataset(reference, ds)
+        assert encode_dataset(ds, uid) == reference.getvalue(), ds
+        if n < 2 and uid.is_little_endian:  # the answers samarkiv makes take the fast way
+            assert encode_flat(ds, implicit=uid.is_implicit_VR) == reference.getvalue()

@@ -212,6 +212,38 @@ def test_personnummer_in_pid3_links_to_the_person_holding_it(hl7: Hl7Archive) ->
     assert "hl7:EPR^SU" in actors
 
 
+def test_demographic_conflicts_across_organisations_are_listed_for_review(hl7: Hl7Archive) -> None:
+    pnr = f"{TOLVAN}^^^&{PNR_OID}&ISO^NNSWE"
+    assert_ack(hl7.send(msg("A01", "C1", f"PID|1||12345^^^KS^MR~{pnr}||Tolvansson^Tolvan||19121212|M")), "AA", "C1")
+    # The same person at another hospital: another given name and birth date.
+    sent = f"PID|1||555^^^SU^MR~{pnr}||TOLVANSSON^Tolvar||19121213|M"
+    assert_ack(hl7.send(msg("A01", "C2", sent, facility="SU")), "AA", "C2")
+    assert_ack(hl7.send(msg("A01", "C3", "PID|1||4711^^^SU^MR||Berg^Olle||19700101|M", facility="SU")), "AA", "C3")
+
+    person = hl7.person("555^SU")
+    shown = {(d["identifier"], d["source"]): (d["name"], d["birth_date"], d["sex"]) for d in person["demographics"]}
+    assert shown[("12345^KS", "HL7 ADT^A01 from EPR^KS")] == ("Tolvansson^Tolvan", "19121212", "M")
+    assert shown[("555^1.2.752.99.2", "HL7 ADT^A01 from EPR^SU")] == ("TOLVANSSON^Tolvar", "19121213", "M")
+    assert {c["attribute"] for c in person["conflicts"]} == {"name", "birth date"}
+    human = hl7.server.cli("patients", "show", "555^SU").stdout
+    assert "demographics" in human and "Tolvar" in human and "disagree on the birth date" in human
+
+    listed = json.loads(hl7.server.cli("patients", "conflicts", "--json").stdout)["conflicts"]
+    by_attribute = {c["attribute"]: c for c in listed}
+    assert set(by_attribute) == {"name", "birth date"}  # Berg^Olle has nothing to review; the family name
+    assert {c["person"] for c in listed} == {person["person"]}  # differs only in case
+    born = {(s["organisation"], s["source"], s["birth_date"]) for s in by_attribute["birth date"]["sources"]}
+    assert ("SU", "HL7 ADT^A01 from EPR^SU", "19121213") in born
+    assert (None, "national number", "19121212") in born  # the personnummer's date sides with KS
+    assert "2 demographic conflicts" in hl7.server.cli("patients", "conflicts").stdout
+
+    # SU corrects its record (both identifiers it sent): nothing left to review.
+    fixed = f"PID|1||555^^^SU^MR~{pnr}||Tolvansson^Tolvan||19121212"
+    assert_ack(hl7.send(msg("A08", "C4", fixed, facility="SU")), "AA", "C4")
+    assert json.loads(hl7.server.cli("patients", "conflicts", "--json").stdout)["conflicts"] == []
+    assert "no demographic conflicts" in hl7.server.cli("patients", "conflicts").stdout
+
+
 # --- A40, A24, A37 --------------------------------------------------------------------
 
 

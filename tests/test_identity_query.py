@@ -97,7 +97,10 @@ def test_colliding_local_ids_stay_apart(region, tmp_path):
     assert (at_ks.StudyInstanceUID, str(at_ks.PatientName), at_ks.IssuerOfPatientID) == (ks_study, "Karlsson^Anna", "KS")
     [at_su] = _find(region, tmp_path, "SU_MR", "PatientID=1001")
     assert (at_su.StudyInstanceUID, at_su.IssuerOfPatientID) == (su_study, "SU")
-    # naming the other hospital's issuer finds its patient, not one's own
+    # naming the other hospital's issuer finds its patient, not one's own, once
+    # there is a legitimate need (issue 5): without one, nothing
+    assert _find(region, tmp_path, "KS_CT", "PatientID=1001", "IssuerOfPatientID=SU") == []
+    region.cli("care", "declare", "1001^SU", "--org", "KS", "--reason", "referral from SU")
     [named] = _find(region, tmp_path, "KS_CT", "PatientID=1001", "IssuerOfPatientID=SU")
     assert named.StudyInstanceUID == su_study
     # ownership shows: Institution Name (a series attribute) was empty, the owner's name fills it
@@ -114,6 +117,12 @@ def test_one_query_by_personnummer_finds_the_person_everywhere(region, tmp_path)
     other, other_study = _study(tmp_path, "K-1", "Annan^Person")  # K-1 at SU: another person
     _send(region, other, "SU_MR")
 
+    # without a legitimate need, each organisation sees only its own study (issue 5)
+    found = _find(region, tmp_path, "RAD_US", "PatientID=19121212-1212", f"IssuerOfPatientID={PERSONNUMMER_OID}")
+    assert {d.StudyInstanceUID for d in found} == {sent["RAD_US"]}
+    for org in ("RAD", "KS"):
+        region.cli("care", "declare", PNR, "--org", org, "--reason", "referral for a second reading")
+
     # by personnummer (any written form), from any organisation: all three studies
     found = _find(region, tmp_path, "RAD_US", "PatientID=19121212-1212", f"IssuerOfPatientID={PERSONNUMMER_OID}")
     assert {d.StudyInstanceUID for d in found} == set(sent.values())
@@ -129,7 +138,7 @@ def test_one_query_by_personnummer_finds_the_person_everywhere(region, tmp_path)
     answer = httpx.get(
         f"{region.http}/dicomweb/studies",
         params={"PatientID": PNR, "IssuerOfPatientID": PERSONNUMMER_OID},
-        timeout=30,
+        timeout=30,headers=region.headers
     )
     assert answer.status_code == 200, answer.text
     studies = {item["0020000D"]["Value"][0] for item in answer.json()}

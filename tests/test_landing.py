@@ -61,7 +61,7 @@ def _parse(html: str) -> _Page:
 
 
 def test_landing_page_links_and_identity(archive) -> None:  # type: ignore[no-untyped-def]
-    response = httpx.get(f"{archive.http}/", timeout=10)
+    response = httpx.get(f"{archive.http}/", timeout=10, headers=archive.headers)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     page = _parse(response.text)
@@ -74,7 +74,7 @@ def test_landing_page_links_and_identity(archive) -> None:  # type: ignore[no-un
     assert __version__ in response.text
     assert str(archive.dicom_port) in response.text
     assert page.counts["Studies"] == "0" and page.counts["Instances"] == "0"
-    with httpx.Client(base_url=archive.http, timeout=30) as client:
+    with httpx.Client(base_url=archive.http, timeout=30, headers=archive.headers) as client:
         for target in ("/docs", "/healthz", "/metrics"):
             assert client.get(target).status_code == 200, target
         assert client.get("/viewer/").status_code in (200, 503)  # 503: viewer not installed
@@ -85,7 +85,7 @@ def test_landing_page_counts_what_is_stored(archive, sendable_files: list[Path])
     files = [by_name["CT_small.dcm"], by_name["MR_small.dcm"]]
     result = storescu(archive, *files)
     assert result.returncode == 0, result.stderr
-    page = _parse(httpx.get(f"{archive.http}/", timeout=10).text)
+    page = _parse(httpx.get(f"{archive.http}/", timeout=10, headers=archive.headers).text)
     headers = [dcmread(f, stop_before_pixels=True) for f in files]
     assert page.counts["Patients"] == str(len({h.PatientID for h in headers}))
     assert page.counts["Studies"] == str(len({h.StudyInstanceUID for h in headers}))
@@ -99,7 +99,7 @@ def test_landing_page_says_when_the_viewer_is_missing(make_archive, tmp_path: Pa
     empty = tmp_path / "no-viewer"
     empty.mkdir()
     server = make_archive(f'viewer_dir = "{empty}"\n')
-    html = httpx.get(f"{server.http}/", timeout=10).text
+    html = httpx.get(f"{server.http}/", timeout=10, headers=server.headers).text
     assert "not installed" in html and "scripts/install-viewer" in html
 
 

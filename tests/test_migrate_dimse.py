@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from _dcmqrscp import LEGACY_AET, start_legacy, legacy_storage  # noqa: F401 - fixtures
-from conftest import dataset_bytes, run_cli, stored_object
+from conftest import dataset_bytes, stored_object
 from samarkiv.migrate.throttle import Throttle, Window
 
 

@@ -363,7 +363,7 @@ def test_move(stored_archive, storescp, selection):
         assert_same_content(by_uid[uid].path, path)
 
     sent = 2 * len(study) + len(series) + len(images) + len(patient) + len(received)
-    metrics = httpx.get(f"{server.http}/metrics").text
+    metrics = httpx.get(f"{server.http}/metrics", headers=server.headers).text
     assert f'samarkiv_retrieved_instances_total{{outcome="sent"}} {float(sent)}' in metrics
     assert f'samarkiv_retrieved_instances_total{{outcome="failed"}} {float(len(compressed))}' in metrics
 

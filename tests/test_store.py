@@ -245,7 +245,7 @@ def test_journal_moves_small_objects_to_blob_files_when_idle(make_archive, tmp_p
         assert local.instance_path(stored) == blob
     finally:
         local.close()
-    metrics = httpx.get(f"{server.http}/metrics").text
+    metrics = httpx.get(f"{server.http}/metrics", headers=server.headers).text
     assert "samarkiv_written_back_instances_total 1.0" in metrics
     assert server.cli("verify", check=False).returncode == 0
 

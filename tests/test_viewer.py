@@ -44,6 +44,9 @@ def viewer_dir() -> Path:
     return install.directory
 
 
+VIEWER_USER, VIEWER_PASSWORD = "reader", "viewer-test-password"
+
+
 @dataclass
 class Study:
     uid: str
@@ -59,6 +62,10 @@ class ViewerArchive:
     @property
     def http(self) -> str:
         return self.server.http
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.server.headers
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +84,7 @@ def viewer_archive(tmp_path_factory: pytest.TempPathFactory, sample_files: list[
     server = ArchiveProcess(work / "archive", f"sqlite:///{work / 'index.sqlite'}")
     server.start()
     try:
+        server.add_user(VIEWER_USER, "radiologist", password=VIEWER_PASSWORD)
         result = storescu(server, *files.values())
         assert result.returncode == 0 and "E:" not in result.stderr, result.stderr
         studies = {}
@@ -92,13 +100,13 @@ def viewer_archive(tmp_path_factory: pytest.TempPathFactory, sample_files: list[
 
 
 def test_viewer_path_redirects_to_its_folder(viewer_archive: ViewerArchive) -> None:
-    response = httpx.get(f"{viewer_archive.http}/viewer", timeout=10)
+    response = httpx.get(f"{viewer_archive.http}/viewer", timeout=10, headers=viewer_archive.headers)
     assert response.status_code == 308
     assert response.headers["location"] == "/viewer/"
 
 
 def test_index_names_every_asset_under_the_viewer_path(viewer_archive: ViewerArchive) -> None:
-    response = httpx.get(f"{viewer_archive.http}/viewer/", timeout=10)
+    response = httpx.get(f"{viewer_archive.http}/viewer/", timeout=10, headers=viewer_archive.headers)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     html = response.text
@@ -109,13 +117,13 @@ def test_index_names_every_asset_under_the_viewer_path(viewer_archive: ViewerArc
     assert 'PUBLIC_URL="/"' not in html
     for url in urls:
         if url.endswith((".js", ".css")):
-            assert httpx.get(viewer_archive.http + url, timeout=30).status_code == 200, url
+            assert httpx.get(viewer_archive.http + url, timeout=30, headers=viewer_archive.headers).status_code == 200, url
 
 
 def test_client_side_routes_fall_back_to_index(viewer_archive: ViewerArchive) -> None:
-    index = httpx.get(f"{viewer_archive.http}/viewer/", timeout=10).text
+    index = httpx.get(f"{viewer_archive.http}/viewer/", timeout=10, headers=viewer_archive.headers).text
     for route in ("viewer?StudyInstanceUIDs=1.2.3", "segmentation", "index.html", "local"):
-        response = httpx.get(f"{viewer_archive.http}/viewer/{route}", timeout=10)
+        response = httpx.get(f"{viewer_archive.http}/viewer/{route}", timeout=10, headers=viewer_archive.headers)
         assert response.status_code == 200, route
         assert response.text == index, route
         assert response.headers["cache-control"] == "no-cache"
@@ -123,10 +131,10 @@ def test_client_side_routes_fall_back_to_index(viewer_archive: ViewerArchive) ->
 
 def test_missing_assets_are_404_and_escapes_are_refused(viewer_archive: ViewerArchive, viewer_dir: Path) -> None:
     for path in ("/viewer/0000.bundle.missing.js", "/viewer/assets/nothing.png"):
-        assert httpx.get(viewer_archive.http + path, timeout=10).status_code == 404, path  # not index.html
+        assert httpx.get(viewer_archive.http + path, timeout=10, headers=viewer_archive.headers).status_code == 404, path  # not index.html
     outside = viewer_dir.parent.parent.parent / "pyvenv.cfg"  # <venv>/share/samarkiv/viewer -> <venv>
     for path in ("/viewer/%2e%2e/%2e%2e/%2e%2e/pyvenv.cfg", "/viewer/..%2f..%2f..%2fpyvenv.cfg"):
-        response = httpx.get(viewer_archive.http + path, timeout=10)
+        response = httpx.get(viewer_archive.http + path, timeout=10, headers=viewer_archive.headers)
         assert response.status_code in (200, 404), path  # the SPA index or nothing
         if outside.is_file():
             assert outside.read_text()[:40] not in response.text, path
@@ -135,7 +143,7 @@ def test_missing_assets_are_404_and_escapes_are_refused(viewer_archive: ViewerAr
 def test_assets_are_precompressed_cached_and_revalidated(viewer_archive: ViewerArchive, viewer_dir: Path) -> None:
     bundle = next(viewer_dir.glob("app.bundle.*.js")).name
     url = f"{viewer_archive.http}/viewer/{bundle}"
-    with httpx.Client(timeout=60) as client:
+    with httpx.Client(timeout=60, headers=viewer_archive.headers) as client:
         zipped = client.get(url, headers={"Accept-Encoding": "gzip"})
         assert zipped.status_code == 200
         assert zipped.headers["content-encoding"] == "gzip"
@@ -155,7 +163,7 @@ def test_assets_are_precompressed_cached_and_revalidated(viewer_archive: ViewerA
 
 
 def test_app_config_points_at_this_archive(viewer_archive: ViewerArchive) -> None:
-    response = httpx.get(f"{viewer_archive.http}/viewer/app-config.js", timeout=10)
+    response = httpx.get(f"{viewer_archive.http}/viewer/app-config.js", timeout=10, headers=viewer_archive.headers)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/javascript")
     assert response.headers["cache-control"] == "no-cache"
@@ -175,13 +183,13 @@ def test_app_config_points_at_this_archive(viewer_archive: ViewerArchive) -> Non
 
 def test_app_config_follows_the_configured_dicomweb_root(make_archive) -> None:  # type: ignore[no-untyped-def]
     server = make_archive('dicomweb_root = "/pacs/dicom-web"\n')
-    script = httpx.get(f"{server.http}/viewer/app-config.js", timeout=10).text
+    script = httpx.get(f"{server.http}/viewer/app-config.js", timeout=10, headers=server.headers).text
     config = json.loads(re.search(r"window\.config = (\{.*?\n\});", script, re.S).group(1))
     dicomweb = config["dataSources"][0]["configuration"]
     assert dicomweb["qidoRoot"] == dicomweb["wadoRoot"] == "/pacs/dicom-web"
     assert dicomweb["wadoUriRoot"] == "/wado"
     assert "window.location.origin + c[key]" in script
-    studies = httpx.get(f"{server.http}/pacs/dicom-web/studies", headers={"Accept": "application/dicom+json"}, timeout=10)
+    studies = httpx.get(f"{server.http}/pacs/dicom-web/studies", headers={**server.headers, "Accept": "application/dicom+json"}, timeout=10)
     assert studies.status_code in (200, 204)  # the viewer's root is where QIDO-RS answers
 
 
@@ -219,10 +227,10 @@ def test_viewer_not_installed_says_how_to_install(make_archive, tmp_path: Path) 
     empty = tmp_path / "no-viewer"
     empty.mkdir()
     server = make_archive(f'viewer_dir = "{empty}"\n')
-    response = httpx.get(f"{server.http}/viewer/", timeout=10)
+    response = httpx.get(f"{server.http}/viewer/", timeout=10, headers=server.headers)
     assert response.status_code == 503
     assert "scripts/install-viewer" in response.text
-    assert httpx.get(f"{server.http}/healthz", timeout=10).status_code == 200
+    assert httpx.get(f"{server.http}/healthz", timeout=10, headers=server.headers).status_code == 200
 
 
 # --- in the browser --------------------------------------------------------------------
@@ -248,13 +256,26 @@ def page(browser, page_log: PageLog, request: pytest.FixtureRequest):  # type: i
     assert page_log.blocked == [], f"the viewer tried to leave 127.0.0.1: {page_log.blocked}"
 
 
+def _goto_logged_in(page, url: str) -> None:  # type: ignore[no-untyped-def]
+    """Open ``url``; the archive sends a browser without a session to its login
+    page, which returns to ``url`` with a session cookie that the viewer's
+    DICOMweb requests then carry."""
+    page.goto(url, wait_until="domcontentloaded")
+    if "/login" in page.url:
+        page.fill("#username", VIEWER_USER)
+        page.fill("#password", VIEWER_PASSWORD)
+        with page.expect_navigation(wait_until="domcontentloaded"):
+            page.click("#login")
+    assert "/login" not in page.url, page.url
+
+
 def _open_study_list(page, archive: ViewerArchive) -> None:  # type: ignore[no-untyped-def]
-    page.goto(f"{archive.http}/viewer/", wait_until="domcontentloaded")
+    _goto_logged_in(page, f"{archive.http}/viewer/")
     page.wait_for_selector("text=Study List")
 
 
 def _open_study(page, archive: ViewerArchive, kind: str) -> None:  # type: ignore[no-untyped-def]
-    page.goto(f"{archive.http}/viewer/viewer?StudyInstanceUIDs={archive.studies[kind].uid}", wait_until="domcontentloaded")
+    _goto_logged_in(page, f"{archive.http}/viewer/viewer?StudyInstanceUIDs={archive.studies[kind].uid}")
 
 
 def _wait_for_lit_canvas(page) -> float:  # type: ignore[no-untyped-def]

@@ -18,7 +18,7 @@ from test_dicomweb_wado import stored_bytes, store
 def wado(server, path: Path, **params: str) -> httpx.Response:  # type: ignore[no-untyped-def]
     study, series, sop = uids(path)
     query = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop, **params}
-    return httpx.get(f"{server.http}/wado", params=query, timeout=60)
+    return httpx.get(f"{server.http}/wado", params=query, timeout=60, headers=server.headers)
 
 
 def picture(response: httpx.Response) -> Image.Image:
@@ -89,7 +89,7 @@ def test_wado_uri_errors(archive, sample_files):
         {"requestType": "WADO", "studyUID": "x.y", "seriesUID": series, "objectUID": sop},
     ]
     for params in bad_requests:
-        response = httpx.get(base, params=params)
+        response = httpx.get(base, params=params, headers=archive.headers)
         assert response.status_code == 400, params
         assert response.headers["content-type"] == "application/problem+json"
     for params in (
@@ -116,6 +116,8 @@ def test_wado_uri_errors(archive, sample_files):
     ):
         response = wado(archive, ct, **params)
         assert response.status_code == 406, params
-    unknown = httpx.get(base, params={"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": "1.2.3.4"})
+    unknown = httpx.get(base, params={"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": "1.2.3.4"}, headers=archive.headers)
     assert unknown.status_code == 404
+    hidden = httpx.get(base, params={"requestType": "WADO", "studyUID": "1.2.3.4", "seriesUID": series, "objectUID": "1.2.3.4"}, headers=archive.headers)
+    assert hidden.status_code == 403  # an unknown study is refused like one the caller may not see (issue 5)
     assert wado(archive, ct, anonymize="no").status_code == 200

@@ -108,6 +108,35 @@ class Catalogue:
     def patient_id(self, p: int) -> str:
         return f"{self.patient_prefix}{p:07d}"
 
+    # A region: every person has a local ID at three organisations (patients
+    # 3q, 3q+1, 3q+2 are person q) and one personnummer.
+
+    def issuer(self, p: int) -> str:
+        return REGION_ISSUERS[p % len(REGION_ISSUERS)]
+
+    def person_of(self, p: int) -> int:
+        return p // len(REGION_ISSUERS)
+
+    @property
+    def persons(self) -> int:
+        return -(-self.patients // len(REGION_ISSUERS))
+
+    def personnummer(self, q: int) -> str:
+        """A valid twelve-digit personnummer, unique per person."""
+        from samarkiv.identity.national import luhn_check_digit
+
+        born = date(1940, 1, 1) + timedelta(days=q % 20000)
+        serial = f"{q // 20000 + 1:03d}"
+        return f"{born:%Y%m%d}{serial}{luhn_check_digit(f'{born:%y%m%d}{serial}')}"
+
+    def national_study_counts(self) -> dict[str, int]:
+        """personnummer -> studies of the person at all organisations."""
+        counts: dict[str, int] = {}
+        for p in range(self.patients):
+            pnr = self.personnummer(self.person_of(p))
+            counts[pnr] = counts.get(pnr, 0) + len(self.studies_of(p))
+        return counts
+
     def patient_of(self, s: int) -> int:
         return s % self.patients
 
@@ -145,6 +174,10 @@ class Catalogue:
             yield s, self.patient_of(s), groups
 
 
+REGION_ISSUERS = ("KS", "SU", "RAD")
+PERSONNUMMER_OID = "1.2.752.129.2.1.3.1"
+
+
 def new_catalogue(patients: int, studies: int, per_study: int = 10) -> Catalogue:
     return Catalogue(patients, studies, per_study, root=run_root())
 
@@ -160,8 +193,11 @@ def sample_header_blob() -> bytes:
     return zlib.compress(parsed.header, 1) if parsed.header else b""
 
 
-def fill_samarkiv(url: str, cat: Catalogue, *, metadata: bool = True, batch: int = 20000, log=print) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def fill_samarkiv(url: str, cat: Catalogue, *, metadata: bool = True, batch: int = 20000, log=print, owners: bool = False) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Migrate the index at ``url`` and bulk-insert ``cat`` into it.
+
+    ``owners``: set each instance's ``org_pk`` to its patient's organisation
+    (KS, SU, RAD: the issuer of its Patient ID), as the store path does.
 
     blob_key, sha256 and size are synthetic (no files behind them); metadata,
     when asked for, is the real compressed header of CT_small for every row,
@@ -199,7 +235,7 @@ def fill_samarkiv(url: str, cat: Catalogue, *, metadata: bool = True, batch: int
             name = f"FILL^PATIENT^{p}"
             rows.append(
                 {
-                    "pk": p + 1, "patient_id": pid, "issuer_of_patient_id": "", "patient_name": name,
+                    "pk": p + 1, "patient_id": pid, "issuer_of_patient_id": cat.issuer(p), "patient_name": name,
                     "patient_name_norm": name.upper(), "patient_birth_date": f"19{40 + p % 60:02d}0101",
                     "patient_sex": "MF"[p % 2], "created_at": now, "updated_at": now,
                 }  # fmt: skip
@@ -207,6 +243,7 @@ def fill_samarkiv(url: str, cat: Catalogue, *, metadata: bool = True, batch: int
             if len(rows) >= batch:
                 flush(patients, rows, "patients")
         flush(patients, rows, "patients")
+        _fill_identities(conn, cat, now, batch)
         conn.commit()
 
         study_rows: list[dict[str, Any]] = []
@@ -245,7 +282,7 @@ def fill_samarkiv(url: str, cat: Catalogue, *, metadata: bool = True, batch: int
                             "rows": 128, "columns": 128, "transfer_syntax_uid": EXPLICIT_VR_LE,
                             "blob_key": f"bench/{instance_pk:09d}.dcm", "size": 39138,
                             "sha256": f"{instance_pk:064x}", "source_aet": "FILL", "stored_at": now,
-                            "metadata": blob,
+                            "metadata": blob, "org_pk": p % len(REGION_ISSUERS) + 1 if owners else None,
                         }  # fmt: skip
                     )
             if len(instance_rows) >= batch:
@@ -265,7 +302,7 @@ def fill_samarkiv(url: str, cat: Catalogue, *, metadata: bool = True, batch: int
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
             conn.commit()
         else:
-            for table in ("patients", "studies", "series", "instances"):
+            for table in ("patients", "studies", "series", "instances", "organisations", "persons", "patient_identifiers"):
                 conn.execute(
                     text(f"SELECT setval(pg_get_serial_sequence('{table}', 'pk'), (SELECT max(pk) FROM {table}))")
                 )
@@ -281,6 +318,43 @@ def fill_samarkiv(url: str, cat: Catalogue, *, metadata: bool = True, batch: int
             pg.execute("VACUUM ANALYZE")
     counts["seconds"] = round(time.perf_counter() - started, 1)
     return counts
+
+
+def _fill_identities(conn: Any, cat: Catalogue, now: datetime, batch: int) -> None:
+    """The master patient index of the region: three organisations, a person
+    per three local IDs, and each person's personnummer (identity_schema.py)."""
+    from sqlalchemy import insert
+
+    from samarkiv.index.identity_schema import organisations, patient_identifiers, persons
+
+    conn.execute(insert(organisations), [
+        {"pk": n + 1, "code": code, "name": f"Hospital {code}", "kind": "hospital", "issuer_of_patient_id": code,
+         "source": "cli", "created_at": now, "updated_at": now}
+        for n, code in enumerate(REGION_ISSUERS)
+    ])  # fmt: skip
+    people: list[dict[str, Any]] = []
+    identifiers: list[dict[str, Any]] = []
+    for q in range(cat.persons):
+        pnr = cat.personnummer(q)
+        people.append({"pk": q + 1, "birth_date": pnr[:8], "sex": "MF"[int(pnr[10]) % 2 == 0], "created_at": now})
+        identifiers.append(
+            {"value": pnr, "issuer": PERSONNUMMER_OID, "person_pk": q + 1, "organisation_pk": None,
+             "national_kind": "se-personnummer", "national_normalised": pnr, "national_valid": True, "created_at": now}
+        )  # fmt: skip
+        for p in range(3 * q, min(3 * q + 3, cat.patients)):
+            identifiers.append(
+                {"value": cat.patient_id(p), "issuer": cat.issuer(p), "person_pk": q + 1,
+                 "organisation_pk": p % len(REGION_ISSUERS) + 1, "national_kind": None,
+                 "national_normalised": None, "national_valid": None, "created_at": now}
+            )  # fmt: skip
+        if len(identifiers) >= batch:
+            conn.execute(insert(persons), people)
+            conn.execute(insert(patient_identifiers), identifiers)
+            people.clear()
+            identifiers.clear()
+    if people:
+        conn.execute(insert(persons), people)
+        conn.execute(insert(patient_identifiers), identifiers)
 
 
 # --- PostgreSQL scratch databases ----------------------------------------------------------

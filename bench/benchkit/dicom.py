@@ -144,12 +144,14 @@ class FindClient:
     many studies it has, and every answer's count is checked against it.
     """
 
-    def __init__(self, aet: str, port: int, patients: dict[str, int], *, computed: bool = False) -> None:
+    def __init__(
+        self, aet: str, port: int, patients: dict[str, int], *, computed: bool = False, issuer: str | None = None
+    ) -> None:
         from pynetdicom import AE
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
         self.model = StudyRootQueryRetrieveInformationModelFind
-        self.aet, self.port, self.patients = aet, port, patients
+        self.aet, self.port, self.patients, self.issuer = aet, port, patients, issuer
         self.ids = sorted(patients)
         self.keys = list(STUDY_KEYS) + (list(COMPUTED_KEYS) if computed else [])
         self.ae = AE(ae_title="BENCHSCU")
@@ -223,6 +225,8 @@ class FindClient:
             ds.PatientID = pid
             for key in self.keys:
                 setattr(ds, key, "")
+            if self.issuer:  # e.g. a national number's OID: the person at every organisation
+                ds.IssuerOfPatientID = self.issuer
             found = 0
             final = None
             t0 = time.perf_counter()

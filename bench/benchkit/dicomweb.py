@@ -38,9 +38,16 @@ RETRIEVE_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=
 RETRIEVE_ACCEPT_PLAIN = 'multipart/related; type="application/dicom"'
 
 
-def client() -> httpx.Client:
-    """One keep-alive HTTP/1.1 connection's worth of client."""
-    return httpx.Client(timeout=TIMEOUT, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+# DICOMweb root -> the headers that authenticate to it (samarkiv's bearer token; Orthanc needs none)
+CREDENTIALS: dict[str, dict[str, str]] = {}
+
+
+def client(base: str = "") -> httpx.Client:
+    """One keep-alive HTTP/1.1 connection's worth of client, with ``base``'s credentials."""
+    return httpx.Client(
+        timeout=TIMEOUT, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        headers=CREDENTIALS.get(base.rstrip("/"), {}),
+    )  # fmt: skip
 
 
 # --- STOW-RS -------------------------------------------------------------------------
@@ -80,7 +87,7 @@ def _check_stow(response: httpx.Response, expected: int) -> None:
 
 
 def _stow_some(base: str, bodies: Sequence[StowBody], start: threading.Barrier | None = None) -> None:
-    with client() as http:
+    with client(base) as http:
         if start is not None:
             start.wait(timeout=60)
         for body in bodies:
@@ -157,7 +164,7 @@ class QidoClient:
         self.base = base
         self.patients = patients
         self.ids = sorted(patients)
-        self.http = client()
+        self.http = client(base)
         self.include = ",".join(QIDO_INCLUDE)
 
     def close(self) -> None:

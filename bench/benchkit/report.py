@@ -62,6 +62,10 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, str]]:
             out.append((name, "MET" if p50 < FIND_TARGET_MS else "MISSED", f"{p50:.2f} ms"))
         else:
             out.append((name, "NOT MEASURED", _error(r, phase, f"samarkiv-{db}", "basic") or ""))
+        national = _num(_get(r, phase, f"samarkiv-{db}-national", "basic", "p50_ms"))
+        if national is not None:
+            verdict = "MET" if national < FIND_TARGET_MS else "MISSED"
+            out.append((name.replace("C-FIND", "C-FIND by personnummer"), verdict, f"{national:.2f} ms"))
     sg = _num(_get(r, "get", "samarkiv", "per_second"))
     og = _num(_get(r, "get", "orthanc", "per_second"))
     if sg is not None and og is not None:
@@ -107,6 +111,10 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     _cell(f, (orth, variant, f"{pct}_ms"), ".2f") if db == "sqlite" else "n/a",
                     _ratio(ours, theirs, False),
                 ))  # fmt: skip
+        for pct in ("p50", "p95"):
+            if _get(f, f"samarkiv-{db}-national", "basic", f"{pct}_ms") is not None:
+                rows.append((f"C-FIND {pct}, {db}, {size}, by personnummer, 3 organisations (ms)",
+                             _cell(f, (f"samarkiv-{db}-national", "basic", f"{pct}_ms"), ".2f"), "n/a", ""))  # fmt: skip
     fs = r.get("find-sqlite") or {}
     big = _size((fs.get("catalogue") or {}).get("instances", 0))
     small = _get(fs, "orthanc-small-default", "instances")
@@ -235,6 +243,8 @@ def write_plot(report: dict[str, Any], path: Path) -> Path | None:
     fs, fp = r.get("find-sqlite") or {}, r.get("find-postgres") or {}
     groups, p50, p95 = [], [], []
     for label, tree, key in (("samarkiv\nSQLite", fs, "samarkiv-sqlite"), ("samarkiv\nPostgreSQL", fp, "samarkiv-postgresql"),
+                             ("samarkiv\nSQLite\npersonnummer", fs, "samarkiv-sqlite-national"),
+                             ("samarkiv\nPostgreSQL\npersonnummer", fp, "samarkiv-postgresql-national"),
                              ("Orthanc\nindex-only", fs, "orthanc-big-index-only"),
                              ("Orthanc\nindex-only\n+ ANALYZE", fs, "orthanc-big-index-only-analyzed"),
                              ("Orthanc\ndefaults\n(sent patients)", fs, "orthanc-big-default")):  # fmt: skip

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import secrets
 import subprocess
 import sys
 import time
@@ -46,9 +47,14 @@ def http_status(url: str, timeout: float = 1.0) -> int | None:
         return None
 
 
-def http_json(url: str, timeout: float = 10.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def http_json(url: str, timeout: float = 10.0, headers: dict[str, str] | None = None) -> Any:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as response:
         return json.load(response)
+
+
+def http_text(url: str, timeout: float = 10.0, headers: dict[str, str] | None = None) -> str:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as response:
+        return response.read().decode()
 
 
 def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -100,10 +106,29 @@ class Samarkiv:
     http_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
     name: str = "samarkiv"
+    token: str | None = None  # an administrator's API token, made at the first start
 
     @property
     def log(self) -> Path:
         return self.data.parent / f"{self.data.name}-serve.log"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What authenticates a benchmark client to this server's HTTP APIs."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def _make_token(self) -> str:
+        """A bench user (administrator of the default organisation) and its API
+        token, through the real CLI, as an operator would make one."""
+        cmd = [sys.executable, "-m", "samarkiv", "users", "add", f"bench-{os.getpid()}-{self.http_port}",
+               "--org", "default", "--role", "administrator", "--password-stdin", "--token", "--data", str(self.data)]  # fmt: skip
+        if self.index_url:
+            cmd += ["--index-url", self.index_url]
+        out = subprocess.run(cmd, input=secrets.token_urlsafe(24) + "\n", capture_output=True, text=True, timeout=120)
+        token = next((w for w in out.stdout.split() if w.startswith("smk_")), None)
+        if out.returncode != 0 or token is None:
+            raise RuntimeError(f"samarkiv users add failed: {out.stdout}{out.stderr}")
+        return token
 
     @property
     def dicomweb_url(self) -> str:
@@ -133,6 +158,10 @@ class Samarkiv:
             if self.process.poll() is not None:
                 raise RuntimeError(f"samarkiv serve exited with {self.process.returncode}:\n{self.log.read_text()[-4000:]}")
             if http_status(f"http://127.0.0.1:{self.http_port}/healthz") == 200:
+                self.token = self.token or self._make_token()
+                from .dicomweb import CREDENTIALS  # the DICOMweb benchmark's clients find it there
+
+                CREDENTIALS[self.dicomweb_url] = self.headers
                 return self
             time.sleep(0.1)
         self.stop()

@@ -13,17 +13,18 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from functools import partial
+from functools import cached_property, partial
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..access.principal import Principal
 from ..config import ConflictPolicy, DuplicatePolicy, Settings
 from ..identity.organisations import (
     Organisation,
@@ -41,6 +42,10 @@ from ..storage.blobstore import BlobStore, sha256_of
 from ..storage.tiers import open_tiers
 from .ingest import ParsedInstance, RejectedDataset, parse_buffer, parse_instance
 from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from ..access.gate import Gate
+    from ..audit import AuditTrail
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +103,14 @@ def _blob_key(now: datetime) -> str:
     return f"{now:%Y/%m/%d/%H}/{uuid.uuid4().hex}.dcm"
 
 
+def _journal_target(journal_key: str, stored_at: datetime) -> str:
+    """The blob key a journalled object moves to: its journal name under the hour
+    it was stored, the same whichever process moves it, however often."""
+    if stored_at.tzinfo is not None:
+        stored_at = stored_at.astimezone(UTC)
+    return f"{stored_at:%Y/%m/%d/%H}/{journal_key[len(INLINE_PREFIX):]}.dcm"
+
+
 class Archive:
     """One archive: settings, index, blob store and metrics."""
 
@@ -115,7 +128,10 @@ class Archive:
         self.blobs = next(iter(self.tiers.values()))
         self.staging = Path(getattr(self.blobs, "staging", data / "tmp"))
         self.metrics = Metrics()
-        self.last_store = 0.0  # time.monotonic() of the last store, for idle-time work
+        # time.monotonic() of the last store and of the last query or retrieve:
+        # idle-time work (core/writeback.py) waits until both are quiet.
+        self.last_store = 0.0
+        self.last_request = 0.0
         if run_migrations:
             sync_from_settings(writer or self.engine, settings)
         self._owners: dict[str | None, tuple[float, Organisation | None]] = {}
@@ -138,7 +154,38 @@ class Archive:
         self._owners[source_aet] = (now, owner)
         return owner
 
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may use this index and these tiers at once
+        (PostgreSQL: scale-out); SQLite is one process's, under its data lock."""
+        return self.engine.dialect.name != "sqlite"
+
+    @cached_property
+    def audit(self) -> AuditTrail:
+        """The process's audit trail (samarkiv/audit), opened on first use."""
+        from ..audit import open_trail  # the audit trail builds on the index
+
+        return open_trail(self.engine, self.settings)
+
+    @cached_property
+    def gate(self) -> Gate:
+        """Access policy and audit for the doors (samarkiv/access/gate.py)."""
+        from ..access.gate import Gate
+
+        return Gate(self)
+
+    def service_principal(self, aet: str | None, address: str | None = None) -> Principal | None:
+        """The service identity of a DIMSE peer: its calling AE title's
+        organisation (None: not accepted)."""
+        owner = self.owner_for(aet)
+        if owner is None:
+            return None
+        return Principal(name=f"aet:{aet or '-'}", kind="service", org_pk=owner.pk, org_code=owner.code,
+                         roles=frozenset({"service"}), auth_method="aet", address=address)  # fmt: skip
+
     def close(self) -> None:
+        if "audit" in self.__dict__:
+            self.audit.close()
         self.engine.dispose()
         self.catalog.writer.dispose()
 
@@ -169,17 +216,20 @@ class Archive:
         source_aet: str | None = None,
         expected_sop_instance_uid: str | None = None,
         expected_sop_class_uid: str | None = None,
+        owner: Organisation | None = None,
     ) -> StoreResult:
         """Store a Part 10 file held in memory. Objects up to ``inline_max_bytes``
         become durable with their index rows in one transaction (the write-back
-        journal); larger ones take the blob-file path of :meth:`store_file`."""
+        journal); larger ones take the blob-file path of :meth:`store_file`.
+        ``owner``: the owning organisation of an authenticated HTTP caller (else
+        ``source_aet``'s)."""
         args = (source_aet, expected_sop_instance_uid, expected_sop_class_uid)
         if len(data) <= self.settings.inline_max_bytes:
-            return self._observed(self._store_inline, data, *args)
+            return self._observed(partial(self._store_inline, owner=owner), data, *args)
         staged = self.new_staging_file()
         try:
             staged.write_bytes(data)
-            return self._observed(self._store_file, staged, *args)
+            return self._observed(partial(self._store_file, owner=owner), staged, *args)
         finally:
             staged.unlink(missing_ok=True)
 
@@ -190,6 +240,7 @@ class Archive:
         source_aet: str | None = None,
         expected_sop_instance_uid: str | None = None,
         expected_sop_class_uid: str | None = None,
+        owner: Organisation | None = None,
     ) -> StoreResult:
         """Store the Part 10 file at ``path`` (a staging file: it is moved, not copied).
 
@@ -204,8 +255,8 @@ class Archive:
         if small:
             data = path.read_bytes()
             path.unlink(missing_ok=True)
-            return self._observed(self._store_inline, data, *args)
-        return self._observed(self._store_file, path, *args)
+            return self._observed(partial(self._store_inline, owner=owner), data, *args)
+        return self._observed(partial(self._store_file, owner=owner), path, *args)
 
     def _observed(self, store, source, source_aet, expected_uid, expected_class) -> StoreResult:  # type: ignore[no-untyped-def]
         """Run one store with its metrics, its log line, and I/O errors as rejections."""
@@ -231,13 +282,14 @@ class Archive:
         source_aet: str | None,
         expected_sop_instance_uid: str | None,
         expected_sop_class_uid: str | None,
+        owner: Organisation | None = None,
     ) -> StoreResult:
         """The write-back path: parse, hash, and commit object and rows together.
 
         No duplicate pre-check: the insert itself finds a known SOP Instance UID
         (InstanceExists), which is rare, and only then is the policy applied.
         """
-        owner = self.owner_for(source_aet)
+        owner = owner or self.owner_for(source_aet)
         if owner is None:
             return _not_authorised(expected_sop_instance_uid)
         try:
@@ -268,6 +320,48 @@ class Archive:
             return self._stored(uid, size, replace)
         return _busy(uid)
 
+    def store_batch(self, items: Sequence[tuple[bytes, str | None, str | None]], *, source_aet: str | None = None) -> list[StoreResult]:
+        """Store several Part 10 objects held in memory, ``(data, expected SOP Instance UID,
+        expected SOP Class UID)`` each, with one commit: one transaction and one WAL sync
+        (the migration's grouped commit, samarkiv/migrate/deferred.py). What needs a
+        decision (a known UID, a patient conflict, a rejection) or is larger than
+        ``inline_max_bytes`` takes the one-at-a-time path of :meth:`store_bytes`."""
+        started = time.perf_counter()
+        owner = self.owner_for(source_aet)
+        results: list[StoreResult | None] = [None] * len(items)
+        batch: list[tuple[int, str, int, dict]] = []  # (index, uid, size, add_instance arguments)
+        for n, (data, uid, cls) in enumerate(items):
+            if owner is None or len(data) > self.settings.inline_max_bytes:
+                continue
+            try:
+                parsed = parse_buffer(data, uid, cls)
+            except RejectedDataset:
+                continue  # store_bytes below says why
+            key = f"{INLINE_PREFIX}{uuid.uuid4().hex}"
+            digest = hashlib.sha256(data).hexdigest()
+            kwargs = self._commit_kwargs(parsed, key, len(data), digest, source_aet, owner, None, inline=data)
+            batch.append((n, parsed.sop_instance_uid, len(data), kwargs))
+        try:
+            errors: list[BaseException | None] = self.catalog.add_instances([b[3] for b in batch]) if batch else []
+        except (OSError, SQLAlchemyError) as exc:
+            errors = [exc] * len(batch)
+        for (n, uid, size, _kwargs), error in zip(batch, errors, strict=True):
+            if error is None:
+                results[n] = self._stored(uid, size, None)
+                self.metrics.journal_instances.inc()
+                self.metrics.journal_bytes.inc(size)
+                self.metrics.stores.labels(StoreOutcome.STORED.value).inc()
+                self.metrics.stored_bytes.inc(size)
+        done = sum(r is not None for r in results)
+        if done:
+            each = (time.perf_counter() - started) / done
+            for _ in range(done):
+                self.metrics.store_seconds.observe(each)
+            self.last_store = time.monotonic()
+        return [r if r is not None else self.store_bytes(data, source_aet=source_aet, expected_sop_instance_uid=uid,
+                                                         expected_sop_class_uid=cls)
+                for r, (data, uid, cls) in zip(results, items, strict=True)]  # fmt: skip
+
     def store_in_place(self, path: Path, *, source_aet: str | None = None) -> StoreResult:
         """Index the file at ``path`` where it lies, without copying it (a legacy
         archive's folders): its blob key is ``file:`` + the absolute path; it is
@@ -285,9 +379,10 @@ class Archive:
         expected_sop_class_uid: str | None,
         *,
         in_place: bool = False,
+        owner: Organisation | None = None,
     ) -> StoreResult:
         """The blob-file path for large objects: the blob is durable before the commit."""
-        owner = self.owner_for(source_aet)
+        owner = owner or self.owner_for(source_aet)
         if owner is None:
             return _not_authorised(expected_sop_instance_uid)
         try:
@@ -371,12 +466,26 @@ class Archive:
         replace: StoredInstance | None,
         inline: bytes | None = None,
     ) -> None:
+        self.catalog.add_instance(**self._commit_kwargs(parsed, key, size, digest, source_aet, owner, replace, inline))
+
+    def _commit_kwargs(
+        self,
+        parsed: ParsedInstance,
+        key: str,
+        size: int,
+        digest: str,
+        source_aet: str | None,
+        owner: Organisation,
+        replace: StoredInstance | None,
+        inline: bytes | None = None,
+    ) -> dict:
+        """Catalog.add_instance's arguments for one parsed instance."""
         series = parsed.series
         if not series.get("institution_name"):
             # filled in from the owner where the source left it empty (the stored
             # object keeps the original)
             series = {**series, "institution_name": owner.name[:64]}
-        self.catalog.add_instance(
+        return dict(
             patient=parsed.patient,
             study=parsed.study,
             series_values=series,
@@ -399,22 +508,56 @@ class Archive:
 
     # --- read ----------------------------------------------------------------------
 
-    def prepare_query(self, query: Query, requester_aet: str | None) -> tuple[PreparedQuery, PatientScope]:
+    def prepare_query(
+        self, query: Query, requester_aet: str | None, *, owner: Organisation | None = None,
+        principal: Principal | None = None, detail: dict | None = None,
+    ) -> tuple[PreparedQuery, PatientScope]:
         """``query`` compiled for the index with its patient keys resolved through
-        the master patient index for the requesting organisation (identity/query.py).
+        the master patient index for the requesting organisation (identity/query.py):
+        ``owner`` (an authenticated HTTP caller's), else the calling AE's. With a
+        ``principal``, only what the access policy lets it see matches (the gate's
+        condition, which audits the query with ``detail``).
         Raises QueryError when the query cannot be run."""
-        scope = scope_patient_keys(self.engine, query, self.owner_for(requester_aet), self.settings)
+        self.last_request = time.monotonic()
+        scope = scope_patient_keys(self.engine, query, owner or self.owner_for(requester_aet), self.settings)
         prepared = prepare(scope.query, self.engine.dialect.name)
         if scope.condition is not None:
             prepared.conditions.append(scope.condition)
+        if principal is not None:
+            visible = self.gate.query_condition(principal, prepared.level.value, detail=detail)
+            if visible is not None:
+                prepared.conditions.append(visible)
+                if any(k.startswith("NumberOfPatientRelated") for k in (*query.keys, *query.return_keys)):
+                    # patient-related counts count only the studies the principal may see
+                    from ..access.policy import visible_condition
+
+                    with self.engine.connect() as conn:
+                        prepared.count_condition = visible_condition(conn, principal, "STUDY")
         return prepared, scope
 
-    def find_instances(self, request: RetrieveRequest) -> list[StoredInstance]:
+    def find_instances(
+        self, request: RetrieveRequest, *, principal: Principal | None = None, action: str = "retrieve",
+        refused: list[StoredInstance] | None = None,
+    ) -> list[StoredInstance]:
         """The stored instances a retrieve names (C-GET, C-MOVE, WADO); each
-        study read is noted for the lifecycle rules' "not accessed for" test."""
+        study read is noted for the lifecycle rules' "not accessed for" test.
+
+        With a ``principal``, only instances of the studies it may ``action``
+        (the gate: one decision and one audit record per study, with its
+        number of instances); those of the other studies go to ``refused``."""
         from ..lifecycle.access import note_access  # lifecycle builds on the core
 
+        self.last_request = time.monotonic()
         found = find_instances(self.engine, request)
+        if principal is not None and found:
+            counts: dict[str, int] = {}
+            for stored in found:
+                counts[stored.study_instance_uid] = counts.get(stored.study_instance_uid, 0) + 1
+            authorised = self.gate.authorise(principal, action, counts, counts=counts)
+            if authorised.denied:
+                if refused is not None:
+                    refused.extend(s for s in found if s.study_instance_uid in authorised.denied)
+                found = [s for s in found if s.study_instance_uid in authorised.allowed]
         for study_uid in {stored.study_instance_uid for stored in found}:
             note_access(self, study_uid)
         return found
@@ -471,19 +614,36 @@ class Archive:
         """Move up to ``batch`` journalled objects to the blob store; return how many.
 
         Each object is durable in the blob store before its rows name it, and
-        its journal copy goes in the same transaction; a crash in between
-        leaves an orphan blob for the sweep, never a missing object.
+        its journal copy goes in the same transaction. Its new key follows
+        from its journal key (:func:`_journal_target`), so a move retried
+        after a crash, here or by another process, writes the same object
+        again instead of leaving an orphan. On PostgreSQL the rows are claimed
+        with ``FOR UPDATE SKIP LOCKED`` for the move (several processes move
+        disjoint batches; a dead process's rows are released with its
+        connection); SQLite has one process, and the blobs are written
+        outside its single write lock so that stores go on meanwhile.
         """
-        items = self.catalog.inline_batch(batch)
-        if not items:
-            return 0
-        now = datetime.now(UTC)
-        moves = [(old, _blob_key(now)) for old, _data in items]
-        self.blobs.put_many([(new, data) for (_old, new), (_key, data) in zip(moves, items, strict=True)])
-        for unreferenced in self.catalog.relocate(moves):
-            self.blobs.delete(unreferenced)
+        if self.shared:
+            with self.catalog.claim_inline(batch) as (items, relocate):
+                if not items:
+                    return 0
+                moves = self._write_journalled(items)
+                unreferenced = relocate(moves)
+        else:
+            items = self.catalog.inline_batch(batch)
+            if not items:
+                return 0
+            moves = self._write_journalled(items)
+            unreferenced = self.catalog.relocate(moves)
+        for key in unreferenced:
+            self.blobs.delete(key)
         self.metrics.written_back.inc(len(items))
         return len(items)
+
+    def _write_journalled(self, items: list[tuple[str, datetime, bytes]]) -> list[tuple[str, str]]:
+        moves = [(old, _journal_target(old, stored_at)) for old, stored_at, _data in items]
+        self.blobs.put_many([(new, data) for (_old, new), (_key, _at, data) in zip(moves, items, strict=True)])
+        return moves
 
     def flush_all(self) -> int:
         moved = total = 0

@@ -2,8 +2,8 @@
 
 Small objects are acknowledged once they sit, fsynced, in the index's
 ``inline_blobs`` table. This thread moves them to the blob store when the
-archive has been idle for ``journal_idle_seconds`` (so the move never competes
-with a burst of stores), or at once while the journal holds more than
+archive has been idle (no store, query or retrieve) for ``journal_idle_seconds``
+(so the move never competes with a burst of requests), or at once while the journal holds more than
 ``journal_max_bytes``.
 
 When idle it also prepares the WADO-RS metadata (DICOM JSON) of instances
@@ -12,6 +12,15 @@ series metadata are answered without converting headers. Doing this here
 rather than in the store path keeps ingest fast, covers both store paths
 (journal and blob file) and archives indexed before the table existed; the
 request path converts and keeps whatever is not prepared yet.
+
+Scale-out (several ``serve`` processes on one PostgreSQL): every process runs
+a mover and they share one journal. Each batch is claimed with ``SELECT ...
+FOR UPDATE SKIP LOCKED`` for the transaction that moves it
+(:meth:`Catalog.claim_inline`), so two movers never take the same row; a
+process killed mid-batch loses its connection, PostgreSQL releases the rows,
+and another mover moves them to the same keys (:func:`archive._journal_target`).
+Nothing here assumes the first tier is local: it is whatever blob store the
+first ``[[tiers]]`` names, typically an S3 bucket every node reaches.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
 PREPARE_BATCH = 200  # instances whose metadata is prepared between two idle checks
+RECHECK_SECONDS = 10.0  # shared index: how often an empty journal is looked at again
 
 
 class JournalMover:
@@ -48,7 +58,10 @@ class JournalMover:
         self._thread.join(timeout)
 
     def _idle(self) -> bool:
-        return time.monotonic() - self.archive.last_store >= self.archive.settings.journal_idle_seconds
+        """No store, query or retrieve for ``journal_idle_seconds``: idle-time
+        work would otherwise take the interpreter from the requests."""
+        last = max(self.archive.last_store, self.archive.last_request)
+        return time.monotonic() - last >= self.archive.settings.journal_idle_seconds
 
     def _due(self, backlog_bytes: int) -> bool:
         return self._idle() or backlog_bytes > self.archive.settings.journal_max_bytes
@@ -80,10 +93,15 @@ class JournalMover:
     def _run(self) -> None:
         metrics = self.archive.metrics
         count, seen = None, None  # journal size at the last look, and the store it had seen
+        looked = time.monotonic()
         while not self._stop.wait(POLL_SECONDS):
             try:
-                if count != 0 or seen != self.archive.last_store:  # else nothing came since it was empty
-                    seen = self.archive.last_store
+                # Look again when this process stored something since the journal
+                # was empty; with a shared index, also every RECHECK_SECONDS: other
+                # nodes journal too, and one that died leaves its rows to us.
+                stale = self.archive.shared and time.monotonic() - looked >= RECHECK_SECONDS
+                if count != 0 or seen != self.archive.last_store or stale:
+                    seen, looked = self.archive.last_store, time.monotonic()
                     count, size = self.archive.catalog.inline_backlog()
                     metrics.journal_instances.set(count)
                     metrics.journal_bytes.set(size)

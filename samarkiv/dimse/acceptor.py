@@ -17,6 +17,7 @@ import threading
 
 from pynetdicom.transport import ThreadedAssociationServer
 
+from ..access.dimse import DimseIdentity
 from ..core.archive import Archive
 from . import pdu
 from .fastpath import FastAssociation, is_fast
@@ -45,8 +46,11 @@ def peek_associate_rq(sock: socket.socket) -> pdu.AssociateRequest | None:
 class DicomListener:
     """Accepts TCP connections and routes each association (see module docstring)."""
 
-    def __init__(self, archive: Archive, inflight: InFlight, fallback: ThreadedAssociationServer) -> None:
+    def __init__(
+        self, archive: Archive, inflight: InFlight, fallback: ThreadedAssociationServer, identity: DimseIdentity | None = None
+    ) -> None:
         self.archive = archive
+        self.identity = identity
         self.inflight = inflight
         self.fallback = fallback
         self._sock: socket.socket | None = None
@@ -105,6 +109,16 @@ class DicomListener:
             self.archive.metrics.associations.labels("rejected").inc()
             try:
                 conn.sendall(pdu.encode_associate_rj(1, 1, 3))
+            finally:
+                conn.close()
+            return
+        if rq is not None and self.identity is not None and self.identity.refuses(rq.has_user_identity):
+            # PS3.7 D.3.3.7: this archive requires User Identity Negotiation
+            # (PS3.8 9.3.4: rejected-permanent, service-user, no reason given)
+            log.warning("association from %s refused: no user identity offered", rq.calling_ae)
+            self.archive.metrics.associations.labels("rejected").inc()
+            try:
+                conn.sendall(pdu.encode_associate_rj(1, 1, 1))
             finally:
                 conn.close()
             return

@@ -6,6 +6,13 @@ do (see docs/architecture.md). Everything else goes to pynetdicom.
 
 PS3.7 9.1.1 (C-STORE), 9.1.3 (C-GET), 9.1.5 (C-ECHO); PS3.8 section 9;
 PS3.4 C.4.3 (C-GET SCP behaviour).
+
+Access (issue 5): associations with a User Identity go to pynetdicom, so here
+the principal is always the calling AE's service identity
+(``Archive.service_principal``). C-FIND keeps only what it may see; a C-GET
+sends only instances of the studies it may retrieve (one audit record per
+study): the others are failed sub-operations (0xB000 when some went), or
+the request fails with 0xC000 "not authorised" when none may go.
 """
 
 from __future__ import annotations
@@ -19,9 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -34,6 +39,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..access.principal import Principal
 from ..core.archive import Archive
 from ..core.structure import MalformedDataset, dataset_offset
 from ..index.catalog import StoredInstance
@@ -42,6 +48,7 @@ from ..index.retrieval import IdentifierError, parse_identifier
 from ..storage.blobstore import CHUNK
 from . import pdu
 from .contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
+from .encode import encode_dataset
 from .find import MODELS as FIND_MODELS
 from .find import PENDING_WARNING, answer
 from .retrieve import MODELS as RETRIEVE_MODELS
@@ -64,6 +71,16 @@ _MAX_IDENTIFIER = 1 << 20
 PENDING, SUCCESS, CANCELLED = 0xFF00, 0x0000, 0xFE00
 SOME_FAILED, ALL_FAILED = 0xB000, 0xA702
 IDENTIFIER_MISMATCH, UNABLE_TO_PROCESS, OUT_OF_RESOURCES = 0xA900, 0xC000, 0xA701
+NOT_AUTHORISED = 0xC000  # Failed: Unable to process, with Error Comment "not authorised" (docs/conformance.md)
+
+
+MOVE_ORIGINATOR = 0x1030  # Move Originator Application Entity Title (PS3.7 9.1.1.1.9)
+
+
+def _migration_intake(archive: Archive):  # type: ignore[no-untyped-def]
+    from ..migrate.deferred import intake_for  # imported late: migrate imports dimse.pdu
+
+    return intake_for(archive)
 
 
 def is_fast(rq: pdu.AssociateRequest) -> bool:
@@ -168,6 +185,18 @@ class FastAssociation:
         self._message: _Message | None = None
         self._cancelled: set[int] = set()
         self._next_message_id = 1
+        self._principal: Principal | None = None
+
+    @property
+    def principal(self) -> Principal | None:
+        """The calling AE's service identity (looked up once per association)."""
+        if self._principal is None:
+            try:
+                address = str(self.sock.getpeername()[0])
+            except OSError:
+                address = None
+            self._principal = self.archive.service_principal(self.calling_ae, address)
+        return self._principal
 
     # --- establishment (PS3.8 9.3.2-9.3.4) ---------------------------------------
 
@@ -323,6 +352,14 @@ class FastAssociation:
             "expected_sop_instance_uid": sop_instance or None,
             "expected_sop_class_uid": sop_class or None,
         }
+        originator = command.get(MOVE_ORIGINATOR)
+        if originator and spool.path is None and _migration_intake(self.archive).accepts(originator):
+            # A running migration's C-MOVE sub-operation: answered before its grouped
+            # commit, the one exception to fsync-before-ack (samarkiv/migrate/deferred.py).
+            _migration_intake(self.archive).submit(bytes(spool.buffer), self.calling_ae, sop_instance or None, sop_class or None)
+            response = pdu.encode_response(pdu.C_STORE_RSP, int(command.get(pdu.MESSAGE_ID, 0)), 0x0000, sop_class, sop_instance)
+            self._send_command(message.context_id, response)
+            return
         with self.inflight:
             if spool.path is None:
                 result = self.archive.store_bytes(bytes(spool.buffer), **expected)
@@ -380,7 +417,7 @@ class FastAssociation:
             self._poll_for_cancel()
             return message_id in self._cancelled
 
-        for status, match in answer(self.archive, identifier, model, self.calling_ae, cancelled):
+        for status, match in answer(self.archive, identifier, model, self.calling_ae, cancelled, principal=self.principal):
             if isinstance(status, Dataset):  # a failure: final
                 respond(int(status.Status), None, status)
                 return
@@ -447,19 +484,24 @@ class FastAssociation:
             if identifier:
                 self._send_data(message.context_id, [identifier])
 
+        denied: list[StoredInstance] = []
         try:
-            matches = self._resolve(message, sop_class, uid)
+            matches = self._resolve(message, sop_class, uid, denied)
+            if denied and not matches:
+                raise _Refused(NOT_AUTHORISED, "not authorised")
         except _Refused as refused:
             log.warning("C-GET from %s refused (0x%04X): %s", self.calling_ae, refused.status, refused.comment)
             respond(refused.status, None, refused.comment)
             return
-        log.info("C-GET from %s: %d instance(s)", self.calling_ae, len(matches))
+        log.info("C-GET from %s: %d instance(s), %d not authorised", self.calling_ae, len(matches), len(denied))
+        matches = [*matches, *denied]
+        refused_pks = {stored.pk for stored in denied}
         for index, stored in enumerate(matches):
             if message_id in self._cancelled:
                 self._cancelled.discard(message_id)
                 respond(CANCELLED, len(matches) - index)
                 return
-            status = self._send_instance(stored)
+            status = None if stored.pk in refused_pks else self._send_instance(stored)
             if status == SUCCESS:
                 tally[pdu.COMPLETED] += 1
             elif status is not None and (status & 0xF000) == 0xB000:
@@ -477,7 +519,7 @@ class FastAssociation:
             respond(ALL_FAILED, None)
         log.info("C-GET from %s done: %d sent, %d failed", self.calling_ae, tally[pdu.COMPLETED], len(failed))
 
-    def _resolve(self, message: _Message, sop_class: str, uid: UID) -> list[StoredInstance]:
+    def _resolve(self, message: _Message, sop_class: str, uid: UID, denied: list[StoredInstance]) -> list[StoredInstance]:
         model = GET_MODELS.get(sop_class)
         if model is None:
             raise _Refused(IDENTIFIER_MISMATCH, "not a C-GET information model")
@@ -489,7 +531,10 @@ class FastAssociation:
         except Exception as exc:  # noqa: BLE001  (pydicom on a garbled identifier)
             raise _Refused(UNABLE_TO_PROCESS, f"identifier cannot be decoded ({type(exc).__name__})") from None
         try:
-            return self.archive.find_instances(request)
+            principal = self.principal
+            if principal is None:
+                raise _Refused(NOT_AUTHORISED, "not authorised")
+            return self.archive.find_instances(request, principal=principal, refused=denied)
         except SQLAlchemyError as exc:
             self.archive.metrics.errors.labels("retrieve-index").inc()
             log.error("C-GET: index query failed: %s", exc)
@@ -592,15 +637,6 @@ class FastAssociation:
                 )
             carry = bytes(data[full * limit :])
         self.sock.sendall(pdu.encode_pdata(context_id, carry, command=False, last=True))
-
-
-def encode_dataset(ds: Dataset, transfer_syntax: UID) -> bytes:
-    """``ds`` encoded in an uncompressed ``transfer_syntax``, without File Meta."""
-    buffer = DicomBytesIO()
-    buffer.is_implicit_VR = transfer_syntax.is_implicit_VR
-    buffer.is_little_endian = transfer_syntax.is_little_endian
-    write_dataset(buffer, ds)
-    return buffer.getvalue()
 
 
 class _Refused(Exception):

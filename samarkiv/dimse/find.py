@@ -12,6 +12,12 @@ PS3.4 C.4.1. The handler only translates: identifier -> Query (index/query.py)
   malformed value);
 * 0xC001 when the index cannot be read, 0xC000 on any other failure.
 
+Access (issue 5): the association's principal (the user of a negotiated
+User Identity, else the calling AE's organisation as a service identity)
+goes into the query, whose SQL keeps only what the policy lets it see
+(samarkiv/access/gate.py); the query is audited once. Hidden studies are
+simply absent, and NumberOfPatientRelated* count only visible studies.
+
 Log lines name levels, keys and peers, never key values (patient data).
 """
 
@@ -39,6 +45,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..access.principal import Principal
 from ..core.archive import Archive
 from ..index.query import Level, Model, Query, QueryError
 
@@ -168,13 +175,37 @@ def _peer(event: evt.Event) -> str:
         return "-"
 
 
+def principal_of(archive: Archive, assoc: object) -> Principal | None:
+    """Who acts on a pynetdicom association: the user of its negotiated User
+    Identity (samarkiv/access/dimse.py), else the calling AE's service identity
+    (``Archive.service_principal``, as on the fast path); None: no organisation."""
+    from ..access.dimse import association_principal
+
+    try:
+        principal = association_principal(archive, assoc)
+    except AttributeError:
+        return None
+    if principal is None or principal.kind != "service":
+        return principal
+    requestor = getattr(assoc, "requestor", None)
+    return archive.service_principal(str(requestor.ae_title).strip(), getattr(requestor, "address", None))
+
+
 def handle_find(event: evt.Event, archive: Archive) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """EVT_C_FIND handler: yields (status, identifier) pairs (PS3.4 C.4.1.3.1)."""
     model = MODELS.get(str(event.request.AffectedSOPClassUID))
     if model is None:  # pragma: no cover - pynetdicom only routes negotiated classes
         yield _failure(IDENTIFIER_MISMATCH, "unsupported SOP class"), None
         return
-    yield from answer(archive, lambda: _identifier(event), model, _peer(event), lambda: event.is_cancelled)
+    principal = principal_of(archive, event.assoc)
+    yield from answer(
+        archive, lambda: _identifier(event), model, _peer(event), lambda: event.is_cancelled, principal=principal
+    )
+
+
+def _audited_keys(query: Query) -> dict[str, str]:
+    """The matching keys of a query (those with a value), for its audit record."""
+    return {k: v for k, v in query.keys.items() if v}
 
 
 def answer(
@@ -183,18 +214,25 @@ def answer(
     model: Model,
     peer: str,
     is_cancelled: Callable[[], bool],
+    *,
+    principal: Principal | None,
 ) -> Iterator[tuple[int | Dataset, Dataset | None]]:
-    """The C-FIND responses to ``identifier()`` as (status, identifier) pairs.
+    """The C-FIND responses to ``identifier()`` as (status, identifier) pairs,
+    only of what ``principal`` may see (None: nobody known, refused).
 
     Independent of pynetdicom, so any DIMSE front end can serve C-FIND with it.
     ``identifier`` may raise QueryError when the request cannot be decoded.
     """
     started = time.perf_counter()
     matches = 0
+    if principal is None:  # the listener rejects such associations; never answer anonymously
+        yield _failure(UNABLE_TO_PROCESS, "not authorised"), None
+        return
     try:
         try:
             query = query_from_identifier(identifier(), model)
-            prepared, scope = archive.prepare_query(query, peer)
+            detail = {"door": "C-FIND", "model": model.value, "level": query.level.value, "keys": _audited_keys(query)}
+            prepared, scope = archive.prepare_query(query, peer, principal=principal, detail=detail)
         except QueryError as exc:
             log.warning("C-FIND from %s refused: %s", peer, exc)
             yield _failure(IDENTIFIER_MISMATCH, str(exc), exc.keyword), None

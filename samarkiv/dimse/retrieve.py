@@ -10,6 +10,15 @@ streams the blob over a presentation context with the stored transfer syntax
 (``_config.STORE_SEND_CHUNKED_DATASET``), re-encodes it with pydicom only
 between uncompressed transfer syntaxes (PS3.5 A.1-A.3), and fails the
 sub-operation when the peer accepts neither.
+
+Access (issue 5): the requester's right is checked (the association's
+principal: its negotiated user, else the calling AE's service identity; for
+a C-MOVE never the destination's). Only instances of the studies it may
+retrieve go out, one audit record per study (samarkiv/access/gate.py); the
+instances of the other studies are failed sub-operations (Failed SOP
+Instance UID List, final status 0xB000 when some went), and a request of
+which nothing may go fails with 0xC000 and the Error Comment "not authorised"
+(PS3.4 C.4.2.1.5, C.4.3.1.4; docs/conformance.md).
 """
 
 from __future__ import annotations
@@ -28,11 +37,11 @@ from typing import Any, BinaryIO
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    UID,
 )
 from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
@@ -54,6 +63,7 @@ from ..index.retrieval import (
     parse_identifier,
     resolve_node,
 )
+from .find import principal_of
 from .net import NO_DELAY_HANDLERS
 
 log = logging.getLogger(__name__)
@@ -82,6 +92,7 @@ CANCELLED = 0xFE00
 OUT_OF_RESOURCES_MATCHES = 0xA701  # unable to calculate number of matches
 IDENTIFIER_MISMATCH = 0xA900  # identifier does not match SOP class
 UNABLE_TO_PROCESS = 0xC000
+NOT_AUTHORISED = 0xC000  # Failed: Unable to process, Error Comment "not authorised"
 
 # Byte width of the "other" VRs whose values are swapped between byte orders.
 _SWAP_WIDTH = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
@@ -106,13 +117,16 @@ class SubOperation(Dataset):
     Failed SOP Instance UID List) and is recognised by StoredSender.
     """
 
-    def __init__(self, stored: StoredInstance, tally: Tally, originator_aet: str | None = None) -> None:
+    def __init__(
+        self, stored: StoredInstance, tally: Tally, originator_aet: str | None = None, *, refused: bool = False
+    ) -> None:
         super().__init__()
         self.SOPClassUID = stored.sop_class_uid
         self.SOPInstanceUID = stored.sop_instance_uid
         self.stored = stored
         self.tally = tally
         self.originator_aet = originator_aet
+        self.refused = refused  # the requester may not retrieve it: fails, nothing is sent
 
 
 class Refused(Exception):
@@ -234,6 +248,9 @@ class StoredSender:
         if dataset.originator_aet is not None:
             # PS3.7 9.3.1.1: the AE that invoked the C-MOVE, not this archive
             originator_aet = dataset.originator_aet
+        if dataset.refused:
+            dataset.tally.failed += 1
+            raise SubOperationFailed("not authorised")
         try:
             status = self._send(dataset.stored, msg_id, priority, originator_aet, originator_id)
         except Exception:
@@ -305,9 +322,14 @@ def install_sender(assoc: Association, archive: Archive) -> None:
 # --- handlers --------------------------------------------------------------------------
 
 
-def resolve_request(event: evt.Event, archive: Archive) -> list[StoredInstance]:
-    """The instances a C-MOVE/C-GET names; raise Refused when it cannot be answered."""
+def resolve_request(event: evt.Event, archive: Archive, denied: list[StoredInstance] | None = None) -> list[StoredInstance]:
+    """The instances a C-MOVE/C-GET names that the requester may retrieve (those it
+    may not go to ``denied``); raise Refused when it cannot be answered, or when
+    it names only instances the requester may not retrieve."""
     model = MODELS[str(event.request.AffectedSOPClassUID)]
+    principal = principal_of(archive, event.assoc)
+    if principal is None:
+        raise Refused(NOT_AUTHORISED, "not authorised")
     try:
         identifier = event.identifier
     except Exception as exc:  # noqa: BLE001  (undecodable identifier)
@@ -316,12 +338,18 @@ def resolve_request(event: evt.Event, archive: Archive) -> list[StoredInstance]:
         request = parse_identifier(identifier, model)
     except IdentifierError as exc:
         raise Refused(IDENTIFIER_MISMATCH, str(exc)) from None
+    refused: list[StoredInstance] = []
     try:
-        return archive.find_instances(request)
+        allowed = archive.find_instances(request, principal=principal, refused=refused)
     except SQLAlchemyError as exc:
         archive.metrics.errors.labels("retrieve-index").inc()
         log.error("retrieve: index query failed: %s", exc)
         raise Refused(OUT_OF_RESOURCES_MATCHES, "index unavailable") from None
+    if refused and not allowed:
+        raise Refused(NOT_AUTHORISED, "not authorised")
+    if denied is not None:
+        denied.extend(refused)
+    return allowed
 
 
 def sub_operations(
@@ -329,14 +357,16 @@ def sub_operations(
     matches: list[StoredInstance],
     tally: Tally,
     originator_aet: str | None = None,
+    denied: list[StoredInstance] = (),  # type: ignore[assignment]
 ) -> Iterator[tuple[int, Dataset | None]]:
-    """Pending yields, one per instance, until done or cancelled (PS3.4 C.4.2.3.1, C.4.3.3.1)."""
-    for stored in matches:
+    """Pending yields, one per instance, until done or cancelled (PS3.4 C.4.2.3.1, C.4.3.3.1);
+    the ``denied`` ones last, as failed sub-operations."""
+    for stored, refused in [*((m, False) for m in matches), *((d, True) for d in denied)]:
         if event.is_cancelled:
             log.info("retrieve cancelled by the peer after %d sent, %d failed", tally.sent, tally.failed)
             yield CANCELLED, None
             return
-        yield PENDING, SubOperation(stored, tally, originator_aet)
+        yield PENDING, SubOperation(stored, tally, originator_aet, refused=refused)
 
 
 def _peer(event: evt.Event) -> str:
@@ -347,8 +377,9 @@ def handle_get(event: evt.Event, archive: Archive) -> Iterator[Any]:
     """EVT_C_GET handler (PS3.4 C.4.3): C-STOREs go back over the requestor's association,
     on the storage contexts it negotiated with the SCP role for itself."""
     peer = _peer(event)
+    denied: list[StoredInstance] = []
     try:
-        matches = resolve_request(event, archive)
+        matches = resolve_request(event, archive, denied)
     except Refused as refused:
         log.warning("C-GET from %s refused (0x%04X): %s", peer, refused.status, refused.comment)
         yield 1  # pynetdicom sends a final status only once sub-operations are announced
@@ -356,9 +387,9 @@ def handle_get(event: evt.Event, archive: Archive) -> Iterator[Any]:
         return
     install_sender(event.assoc, archive)
     tally = Tally()
-    log.info("C-GET from %s: %d instance(s)", peer, len(matches))
-    yield len(matches)
-    yield from sub_operations(event, matches, tally)
+    log.info("C-GET from %s: %d instance(s), %d not authorised", peer, len(matches), len(denied))
+    yield len(matches) + len(denied)
+    yield from sub_operations(event, matches, tally, denied=denied)
     log.info("C-GET from %s done: %d sent, %d failed", peer, tally.sent, tally.failed)
 
 
@@ -381,8 +412,9 @@ def handle_move(event: evt.Event, archive: Archive) -> Iterator[Any]:
         *NO_DELAY_HANDLERS,
         (evt.EVT_CONN_OPEN, lambda e: install_sender(e.assoc, archive)),
     ]
+    denied: list[StoredInstance] = []
     try:
-        matches = resolve_request(event, archive)
+        matches = resolve_request(event, archive, denied)
     except Refused as refused:
         log.warning("C-MOVE from %s refused (0x%04X): %s", peer, refused.status, refused.comment)
         # pynetdicom opens the destination association before it takes a final
@@ -393,9 +425,9 @@ def handle_move(event: evt.Event, archive: Archive) -> Iterator[Any]:
         return
     yield host, port, {"contexts": move_contexts(matches), "evt_handlers": handlers}
     tally = Tally()
-    log.info("C-MOVE from %s to %s: %d instance(s)", peer, destination, len(matches))
-    yield len(matches)
-    yield from sub_operations(event, matches, tally, originator_aet=peer)
+    log.info("C-MOVE from %s to %s: %d instance(s), %d not authorised", peer, destination, len(matches), len(denied))
+    yield len(matches) + len(denied)
+    yield from sub_operations(event, matches, tally, originator_aet=peer, denied=denied)
     log.info("C-MOVE from %s to %s done: %d sent, %d failed", peer, destination, tally.sent, tally.failed)
 
 

@@ -13,6 +13,7 @@ from functools import partial
 
 from pynetdicom import AE, _config, evt
 
+from ..access.dimse import DimseIdentity
 from ..core.archive import Archive
 from . import commitment, find, retrieve
 from .contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
@@ -62,6 +63,7 @@ class DicomServer:
         self.archive = archive
         self.inflight = InFlight()
         self.ae = build_ae(archive)
+        self.identity = DimseIdentity(archive)  # user identity negotiation (samarkiv/access/dimse.py)
         self._listener: DicomListener | None = None
 
     def handlers(self) -> list[tuple[evt.EventType, Callable]]:
@@ -76,13 +78,14 @@ class DicomServer:
         ]
         for service in SERVICES:
             handlers.extend(service.handlers(archive, self.ae))
+        handlers.extend(self.identity.handlers())
         return handlers
 
     def start(self) -> None:
         tempfile.tempdir = str(self.archive.staging)  # chunked receive lands beside the blobs
         settings = self.archive.settings
         fallback = detached_pynetdicom_server(self.ae, self.handlers())
-        self._listener = DicomListener(self.archive, self.inflight, fallback)
+        self._listener = DicomListener(self.archive, self.inflight, fallback, self.identity)
         self._listener.start()
         log.info("DICOM server %s listening on %s:%d", settings.aet, settings.host, settings.dicom_port)
 

@@ -9,37 +9,22 @@ bad input (invalid national number, malformed value).
 """
 
 # No ``from __future__ import annotations``: typer reads the annotations.
-import getpass
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from ..cli_common import ByOpt, ConfigOpt, DataOpt, IndexOpt, JsonOpt, console, err, index_transaction, operator
+from ..cli_common import fail as _fail
 
 org_app = typer.Typer(no_args_is_help=True, help="Organisations: codes, issuers of Patient IDs, AE titles.")
 patients_app = typer.Typer(
     no_args_is_help=True, help="The master patient index: persons, identifiers, links and merges."
 )
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config file.")]
-DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Data folder [default: ./samarkiv-data].")]
-IndexOpt = Annotated[
-    Optional[str], typer.Option("--index-url", help="Index database URL [default: SQLite in the data folder].")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-ByOpt = Annotated[Optional[str], typer.Option("--by", help="Who does this [default: the login name].")]
 WhyOpt = Annotated[str, typer.Option("--why", help="Why (kept in the identity history).")]
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
 
 
 def _exit_code(exc: Exception) -> int:
@@ -51,42 +36,14 @@ def _exit_code(exc: Exception) -> int:
     return 1 if isinstance(exc, (UnknownOrganisation, OrganisationConflict, IdentityError)) else 2
 
 
-@contextmanager
-def _transaction(config: Optional[Path], data: Optional[Path], index_url: Optional[str]) -> Iterator[Any]:
+def _transaction(config: Optional[Path], data: Optional[Path], index_url: Optional[str]) -> Any:
     """A transaction on the migrated index, with config-file organisations
     synced; domain errors become a message and an exit status."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from ..cli import settings_from
-    from ..index.engine import create_index_engine, migrate
-    from .organisations import sync_from_settings
-
-    settings = settings_from(config, data=data, index_url=index_url)
-    url = settings.resolved_index_url
-    engine = None
-    try:
-        engine = create_index_engine(url, writer=url.startswith("sqlite"))
-        migrate(engine)
-        sync_from_settings(engine, settings)
-        with engine.begin() as conn:
-            yield conn
-    except SQLAlchemyError as exc:
-        where = url.split("@")[-1]
-        raise _fail(f"index at {where}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}", 2) from None
-    except ValueError as exc:  # OrganisationError, IdentityError
-        raise _fail(str(exc), _exit_code(exc)) from None
-    finally:
-        if engine is not None:
-            engine.dispose()
+    return index_transaction(config, data, index_url, _exit_code)
 
 
 def _actor(by: Optional[str]) -> str:
-    if by:
-        return by
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
+    return operator(by)
 
 
 # --- organisations ----------------------------------------------------------------
@@ -343,6 +300,16 @@ def patients_show(
                 national = f"[red]{i.national_kind or 'national'} invalid: {i.national_reason}[/red]"
             table.add_row(i.value, i.issuer, i.organisation or "", national, "yes" if i.pinned else "")
         console.print(table)
+    if view.demographics:
+        table = Table(title="demographics")
+        for column in ("identifier", "organisation", "source", "name", "born", "sex", "updated"):
+            table.add_column(column, overflow="fold")
+        for d in view.demographics:
+            updated = d.updated_at.isoformat()[:19] if d.updated_at else ""
+            table.add_row(d.identifier, d.organisation or "", d.source, d.name or "", d.birth_date or "", d.sex or "", updated)
+        console.print(table)
+    for conflict in view.conflicts:
+        console.print(f"[yellow]conflict:[/yellow] the sources disagree on the {conflict.attribute}")
     if view.history:
         table = Table(title="history")
         for column in ("at", "action", "from", "to", "by", "why"):
@@ -352,4 +319,49 @@ def patients_show(
             table.add_row(
                 h["at"][:19], action, str(h["from_person"] or ""), str(h["to_person"] or ""), h["actor"], h["reason"]
             )
+        console.print(table)
+
+
+@patients_app.command("conflicts")
+def patients_conflicts(
+    config: ConfigOpt = None,
+    data: DataOpt = None,
+    index_url: IndexOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Demographic conflicts for review: the same person with a different name,
+    birth date or sex across organisations and sources (DICOM, HL7 ADT, the
+    national number), and automatic links refused because the sides disagreed."""
+    from .demographics import conflicts, links_not_made
+
+    with _transaction(config, data, index_url) as conn:
+        found = conflicts(conn)
+        refused = links_not_made(conn)
+    if as_json:
+        console.print_json(
+            json.dumps({"conflicts": [c.as_dict() for c in found], "links_not_made": [r.as_dict() for r in refused]})
+        )
+        return
+    if not found and not refused:
+        console.print("no demographic conflicts")
+        return
+    if found:
+        table = Table(title=f"{len(found)} demographic conflict{'s' if len(found) != 1 else ''}")
+        for column in ("person", "attribute", "value", "identifier", "organisation", "source"):
+            table.add_column(column, overflow="fold")
+        for conflict in found:
+            for n, d in enumerate(conflict.values):
+                value = {"name": d.name, "birth date": d.birth_date, "sex": d.sex}[conflict.attribute] or ""
+                first = n == 0
+                table.add_row(
+                    str(conflict.person_pk) if first else "", conflict.attribute if first else "",
+                    value, d.identifier, d.organisation or "", d.source,
+                )  # fmt: skip
+        console.print(table)
+    if refused:
+        table = Table(title="automatic links not made")
+        for column in ("at", "identifier", "person", "other person", "why"):
+            table.add_column(column, overflow="fold")
+        for r in refused:
+            table.add_row(r.at.isoformat()[:19], r.identifier or "", str(r.from_person or ""), str(r.to_person or ""), r.reason)
         console.print(table)

@@ -13,8 +13,9 @@ can be undone (:func:`unlink`, :func:`unmerge`).
 
 The catalogue's ``patients`` rows use the same key: a patient row belongs to
 the person of the identifier whose (value, issuer) equals its (patient_id,
-issuer_of_patient_id); :func:`identifiers_of_same_person` gives the keys of
-one person for cross-referencing queries (IHE PIX style).
+issuer_of_patient_id); :func:`persons_matching` finds the person a query
+key names and :func:`identifiers_of_same_person` all its keys, for
+cross-referencing queries (IHE PIX style, identity/query.py).
 
 Functions take a ``Connection`` inside the caller's transaction.
 """
@@ -720,6 +721,8 @@ class PersonView:
     merged_from: list[int]
     studies: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    demographics: list[Any] = field(default_factory=list)  # demographics.IdentifierDemographics
+    conflicts: list[Any] = field(default_factory=list)  # demographics.Conflict
 
     def as_dict(self) -> dict[str, Any]:
         def ident(i: IdentifierView) -> dict[str, Any]:
@@ -743,6 +746,8 @@ class PersonView:
             "merged_from": self.merged_from,
             "studies": self.studies,
             "history": self.history,
+            "demographics": [d.as_dict() for d in self.demographics],
+            "conflicts": [c.as_dict() for c in self.conflicts],
         }
 
 
@@ -776,6 +781,8 @@ def study_count(conn: Connection, person_pk: int) -> int:
 
 
 def show(conn: Connection, person_pk: int) -> PersonView:
+    from . import demographics
+
     person = conn.execute(select(persons).where(persons.c.pk == person_pk)).first()
     if person is None:
         raise UnknownPerson(f"no person {person_pk}")
@@ -813,6 +820,8 @@ def show(conn: Connection, person_pk: int) -> PersonView:
         merged_from,
         study_count(conn, person_pk),
         history,
+        demographics.of_person(conn, person_pk),
+        demographics.conflicts(conn, person_pk),
     )
 
 

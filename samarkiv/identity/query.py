@@ -30,7 +30,7 @@ from ..index.schema import patients
 from ..index.identity_schema import patient_identifiers
 from .national import Issuer
 from .organisations import Organisation, default_code
-from .patients import IdentityError, canonicalise, identifiers_of_same_person, persons_matching
+from .patients import IdentityError, canonicalise, persons_matching
 
 
 @dataclass(frozen=True)
@@ -85,22 +85,23 @@ def _resolved(
         keys["IssuerOfPatientID"] = ""
     scoped = replace(query, keys=keys)
     key = tuple_(patients.c.patient_id, patients.c.issuer_of_patient_id)
-    person_known = conn.execute(persons_matching(canonical).limit(1)).first() is not None
-    if not person_known:
+    person_pks = list(conn.execute(persons_matching(canonical)).scalars())
+    if not person_pks:
         exact = and_(
             patients.c.patient_id == canonical.identifier.value,
             patients.c.issuer_of_patient_id == canonical.identifier.issuer,
         )
         return PatientScope(scoped, exact)
+    pi = patient_identifiers
+    keys_of_person = list(
+        conn.execute(
+            select(pi.c.value, pi.c.issuer, pi.c.organisation_pk)
+            .where(pi.c.person_pk.in_(person_pks))
+            .order_by(pi.c.pk)
+        )
+    )
     local = None
     if requester is not None:
-        pi = patient_identifiers
-        row = conn.execute(
-            select(pi.c.value, pi.c.issuer)
-            .where(pi.c.person_pk.in_(persons_matching(canonical).scalar_subquery()))
-            .where(pi.c.organisation_pk == requester.pk)
-            .order_by(pi.c.pk)
-            .limit(1)
-        ).first()
-        local = (row.value, row.issuer) if row is not None else None
-    return PatientScope(scoped, key.in_(identifiers_of_same_person(canonical)), local)
+        local = next(((r.value, r.issuer) for r in keys_of_person if r.organisation_pk == requester.pk), None)
+    same_person = select(pi.c.value, pi.c.issuer).where(pi.c.person_pk.in_(person_pks))
+    return PatientScope(scoped, key.in_(same_person), local)

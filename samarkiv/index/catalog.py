@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, Engine, String, delete, func, insert, select, update
@@ -118,6 +119,7 @@ class Catalog:
         self._writers = threading.Lock() if self._sqlite else nullcontext()
         self._queue: list[_Pending] = []  # stores waiting for the group commit
         self._queue_lock = threading.Lock()
+        self._local = threading.local()  # add_instances: what the open batch learned
         # Built once: a statement made per call costs more than its execution.
         self._insert_instance = (
             self._insert(instances)
@@ -125,6 +127,12 @@ class Catalog:
             .returning(instances.c.pk)
         )
         self._insert_inline = insert(inline_blobs)
+
+    @property
+    def writers(self) -> Any:
+        """The mutex this process's index writers queue on (SQLite; a no-op context on
+        PostgreSQL): other writers of the same index take it around their transactions."""
+        return self._writers
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -253,6 +261,23 @@ class Catalog:
             self._known.clear()
         self._known.update(learned)
 
+    def add_instances(self, many: Sequence[dict[str, Any]]) -> list[BaseException | None]:
+        """Commit several instances' rows (each :meth:`add_instance`'s keyword arguments) in one
+        transaction, each in a savepoint of its own: one WAL sync for all (the migration's
+        grouped commit, migrate/deferred.py). Returns each one's error (PatientConflict,
+        InstanceExists, or the commit's own failure: nothing of it written) or None."""
+        batch = [_Pending((kw["patient"], kw["study"], kw["series_values"], kw["instance"], kw["accept_patient_conflict"],
+                           kw.get("replace"), kw.get("keep_replaced", False), kw.get("inline"), kw.get("patient_ids", ()),
+                           kw.get("owner"))) for kw in many]  # fmt: skip
+        with self._writers:
+            self._commit_batch(batch, isolate=True)
+        if len(self._known) > 100_000:
+            self._known.clear()
+        for item in batch:
+            if item.error is None:
+                self._known.update(item.learned or {})
+        return [item.error for item in batch]
+
     def _own_transaction(self, args: tuple) -> dict:
         with self._write() as conn:
             return self._add_instance(conn, *args)
@@ -274,16 +299,25 @@ class Catalog:
             raise pending.error
         return pending.learned or {}
 
-    def _commit_batch(self, batch: list[_Pending]) -> None:
+    def _batch_known(self) -> dict:
+        """Rows and identities learned earlier in this thread's open add_instances
+        transaction (their savepoints released): valid until that transaction ends."""
+        return getattr(self._local, "known", None) or {}
+
+    def _commit_batch(self, batch: list[_Pending], isolate: bool = False) -> None:
+        if isolate:
+            self._local.known = {}
         try:
             with self.writer.begin() as conn:
                 for item in batch:
-                    if len(batch) == 1:  # nothing to isolate it from: no savepoint
+                    if len(batch) == 1 and not isolate:  # nothing to isolate it from: no savepoint
                         item.learned = self._add_instance(conn, *item.args)
                         continue
                     try:
                         with conn.begin_nested():
                             item.learned = self._add_instance(conn, *item.args)
+                        if isolate:
+                            self._local.known.update(item.learned)
                     except Exception as exc:  # noqa: BLE001 - rolled back to its savepoint; the others go on
                         item.error = exc
         except BaseException as exc:  # the commit failed: no store of the batch happened
@@ -292,6 +326,7 @@ class Catalog:
             if not isinstance(exc, Exception):
                 raise
         finally:
+            self._local.known = None
             for item in batch:
                 item.done = True
 
@@ -300,7 +335,7 @@ class Catalog:
     ) -> tuple[int, int | None]:  # type: ignore[no-untyped-def]
         """(pk, parent pk) of the row with ``key``, inserted if absent; cached after commit."""
         cache_key = (table.name, *key.values())
-        hit = self._known.get(cache_key)
+        hit = self._known.get(cache_key) or self._batch_known().get(cache_key)
         if hit is not None:
             return hit
         row = self._upsert_key(conn, table, key, values)
@@ -388,7 +423,7 @@ class Catalog:
         """The canonical patient key (identity.patients.resolve_identity), cached
         once committed: a known key never changes (merges move persons, not keys)."""
         cache_key = ("identity", owner.pk if owner is not None else None, patient_ids)
-        hit = self._known.get(cache_key)
+        hit = self._known.get(cache_key) or self._batch_known().get(cache_key)
         if hit is not None:
             return hit
         (value, issuer), others = patient_ids[0], patient_ids[1:]
@@ -485,13 +520,32 @@ class Catalog:
         with self.engine.connect() as conn:
             return conn.execute(select(inline_blobs.c.data).where(inline_blobs.c.key == key)).scalar()
 
-    def inline_batch(self, limit: int) -> list[tuple[str, bytes]]:
-        """The oldest journalled objects, oldest first."""
+    def inline_batch(self, limit: int) -> list[tuple[str, datetime, bytes]]:
+        """The oldest journalled objects (key, stored_at, data), oldest first."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(inline_blobs.c.key, inline_blobs.c.data).order_by(inline_blobs.c.seq).limit(limit)
+                select(inline_blobs.c.key, inline_blobs.c.stored_at, inline_blobs.c.data)
+                .order_by(inline_blobs.c.seq)
+                .limit(limit)
             )
-            return [(row.key, row.data) for row in rows]
+            return [(row.key, row.stored_at, row.data) for row in rows]
+
+    @contextmanager
+    def claim_inline(self, limit: int) -> Iterator[tuple[list[tuple[str, datetime, bytes]], Any]]:
+        """Several processes on one PostgreSQL: the oldest journalled objects no
+        other process is moving, locked for one transaction (``SELECT ... FOR
+        UPDATE SKIP LOCKED``), and a ``relocate(moves)`` that commits their move
+        in that same transaction. A process that dies meanwhile loses its
+        connection, PostgreSQL rolls back and releases the rows, and another
+        process moves them. Yields ([(key, stored_at, data)], relocate)."""
+        with self._write() as conn:
+            rows = conn.execute(
+                select(inline_blobs.c.key, inline_blobs.c.stored_at, inline_blobs.c.data)
+                .order_by(inline_blobs.c.seq)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            yield [(row.key, row.stored_at, row.data) for row in rows], partial(self._relocate, conn)
 
     def inline_backlog(self) -> tuple[int, int]:
         """(objects, bytes) waiting in the journal."""
@@ -505,18 +559,27 @@ class Catalog:
         """Point the rows naming each journal key at its new blob key and drop the
         journal copies, in one transaction; return the new keys nothing names
         (their objects were replaced meanwhile, so the caller deletes them)."""
-        unreferenced = []
         with self._write() as conn:
-            for old, new in moves:
-                named = 0
-                for table in (instances, superseded_instances):
-                    named += conn.execute(
-                        update(table).where(table.c.blob_key == old).values(blob_key=new)
-                    ).rowcount
-                conn.execute(delete(inline_blobs).where(inline_blobs.c.key == old))
-                if not named:
-                    unreferenced.append(new)
+            return self._relocate(conn, moves)
+
+    def _relocate(self, conn: Connection, moves: Sequence[tuple[str, str]]) -> list[str]:
+        unreferenced = []
+        for old, new in moves:
+            named = 0
+            for table in (instances, superseded_instances):
+                named += conn.execute(update(table).where(table.c.blob_key == old).values(blob_key=new)).rowcount
+            conn.execute(delete(inline_blobs).where(inline_blobs.c.key == old))
+            if not named and not self._names(conn, new):
+                # replaced meanwhile (and not moved to the same key by another mover)
+                unreferenced.append(new)
         return unreferenced
+
+    @staticmethod
+    def _names(conn: Connection, key: str) -> bool:
+        return any(
+            conn.execute(select(table.c.pk).where(table.c.blob_key == key).limit(1)).first() is not None
+            for table in (instances, superseded_instances)
+        )
 
     def delete_inline(self, key: str) -> None:
         with self._write() as conn:

@@ -30,6 +30,12 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+    # SQLite's own upper() folds ASCII only; names here are Nordic (Ø, Å, Ä).
+    dbapi_connection.create_function("upper", 1, _unicode_upper, deterministic=True)
+
+
+def _unicode_upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
 
 
 def _sqlite_autocommit_driver(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

@@ -63,6 +63,7 @@ from sqlalchemy import (
     and_,
     exists,
     func,
+    literal_column,
     or_,
     select,
 )
@@ -471,6 +472,9 @@ class PreparedQuery:
     conditions: list[ColumnElement[bool]]
     returns: list[ReturnKey]
     unmatched: tuple[str, ...]  # keys with a value that could not be matched (treated as universal)
+    # A condition on ``studies``/``patients`` (the access policy's, issue 5): the
+    # patient-related counts (NumberOfPatientRelated*) then count only its studies.
+    count_condition: ColumnElement[bool] | None = None
 
     @property
     def level(self) -> Level:
@@ -500,7 +504,10 @@ class PreparedQuery:
         remaining, last = self.query.limit, None
         while remaining is None or remaining > 0:
             size = page_size if remaining is None else min(page_size, remaining)
-            stmt = base.limit(size)
+            # LIMIT as a literal: with a bound LIMIT, PostgreSQL's generic plan
+            # for a prepared statement (psycopg prepares after 5 runs) may walk
+            # the whole table in pk order behind the access-policy condition.
+            stmt = base.limit(literal_column(str(int(size))))
             if last is not None:
                 stmt = stmt.where(pk > last)
             elif self.query.offset:
@@ -528,8 +535,9 @@ class PreparedQuery:
             entities.add(_ST)
         for entity in sorted(entities, key=lambda level: level.depth):
             extras.summaries[entity] = _summaries(
-                conn, entity, _pks(rows, entity), Source.MODALITIES in sources, Source.SOP_CLASSES in sources
-            )
+                conn, entity, _pks(rows, entity), Source.MODALITIES in sources, Source.SOP_CLASSES in sources,
+                self.count_condition if entity is _P else None,
+            )  # fmt: skip
         if Source.HEADER in sources:
             extras.headers = _headers(conn, self.level, _pks(rows, self.level))
         return extras
@@ -655,13 +663,19 @@ class _Extras:
 
 
 def _summaries(
-    conn: Connection, entity: Level, pks: list[int], modalities: bool, sop_classes: bool
+    conn: Connection, entity: Level, pks: list[int], modalities: bool, sop_classes: bool,
+    condition: ColumnElement[bool] | None = None,
 ) -> dict[int, _Summary]:
     """Counts (and, for studies, modalities and SOP classes) of ``pks`` in one grouped query.
 
-    One row per series (and SOP class) below each entity, counting its instances.
+    One row per series (and SOP class) below each entity, counting its instances;
+    for patients, only of the studies ``condition`` (on studies and patients) keeps.
     """
     source, owner = _descend(entity, _IM)
+    where = [owner.in_(pks)]
+    if condition is not None and entity is _P:
+        source = source.join(patients, studies.c.patient_pk == patients.c.pk)
+        where.append(condition)
     columns = [owner]
     if entity is _P:
         columns.append(studies.c.pk)
@@ -674,7 +688,7 @@ def _summaries(
     stmt = (
         select(*columns, func.count().label("n"))
         .select_from(source)
-        .where(owner.in_(pks))
+        .where(*where)
         .group_by(*columns)
     )
     found: dict[int, _Summary] = {}

@@ -2,9 +2,9 @@
 three years need.
 
 The growth rate is the bytes stored over the last ``window_days`` (default
-90) divided by that many days, broken down by organisation and modality. The
-sending AE title (``instances.source_aet``) stands in for the organisation
-until instances carry their owning organisation. The projection runs day by
+90) divided by that many days, broken down by the owning organisation
+(``instances.org_pk``, the organisation the store was filed for: the calling
+AE's, or the default one) and modality. The projection runs day by
 day: new objects arrive on the first tier at the current rate, and the
 configured move/copy/delete rules carry them on when they pass their age
 (access is assumed not to hold them back). A tier's capacity is its
@@ -27,6 +27,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from ..core.archive import Archive
+from ..index.identity_schema import organisations
 from ..index.schema import instances, series, studies
 from ..storage.tiers import DEFAULT_TIERS, tier_folder
 from .rules import LifecycleRule, in_tier
@@ -36,7 +37,7 @@ THREE_YEARS = 3 * 365
 
 @dataclass
 class GroupRate:
-    organisation: str  # the source AE title, standing in for the organisation
+    organisation: str  # the owning organisation's code ("-": none recorded)
     modality: str
     bytes_per_day: float
 
@@ -110,15 +111,18 @@ def _history_and_groups(archive: Archive, since: datetime) -> tuple[list[tuple[d
     stored_day = func.date(instances.c.stored_at)
     by_day = select(stored_day, func.sum(instances.c.size)).group_by(stored_day)
     groups = (
-        select(instances.c.source_aet, series.c.modality, func.sum(instances.c.size))
+        select(organisations.c.code, series.c.modality, func.sum(instances.c.size))
         .select_from(instances)
         .join(series, instances.c.series_pk == series.c.pk)
+        .outerjoin(organisations, instances.c.org_pk == organisations.c.pk)
         .where(instances.c.stored_at >= since)
-        .group_by(instances.c.source_aet, series.c.modality)
+        .group_by(organisations.c.code, series.c.modality)
     )
     with archive.engine.connect() as conn:
         history = sorted((d, int(s)) for raw, s in conn.execute(by_day) if (d := _day(raw)) is not None)
-        grouped = {(aet or "-", modality or "-"): int(s) for aet, modality, s in conn.execute(groups)}
+        grouped: dict[tuple[str, str], int] = defaultdict(int)
+        for code, modality, size in conn.execute(groups):
+            grouped[(code or "-", modality or "-")] += int(size)
     return history, grouped
 
 
@@ -302,8 +306,8 @@ td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}td.n{{text-align
 <table id="tiers"><tr><th>tier</th><th>kind</th><th>used</th><th>capacity</th><th>capacity from</th>
 <th>full on</th><th>in three years</th></tr>{tier_rows}</table>
 <h2>Growth by organisation and modality</h2>
-<p>Organisation: the sending AE title, until instances carry their owning organisation.</p>
-<table id="groups"><tr><th>organisation (AE title)</th><th>modality</th><th>per day</th></tr>{group_rows}</table>
+<p>Organisation: the organisation owning the stored objects (by its code).</p>
+<table id="groups"><tr><th>organisation</th><th>modality</th><th>per day</th></tr>{group_rows}</table>
 <h2>Projection</h2>
 <img alt="stored bytes and projection per tier" src="data:image/png;base64,{image}">
 </body></html>

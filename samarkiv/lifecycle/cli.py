@@ -268,7 +268,7 @@ def capacity(
         table.add_row(t.name, human(t.used_bytes), f"{human(t.capacity_bytes)} ({t.capacity_source})", fill_text(t),
                       human(t.bytes_in_three_years))  # fmt: skip
     console.print(table)
-    groups = Table(title="growth by organisation (source AE title) and modality")
+    groups = Table(title="growth by owning organisation and modality")
     for column in ("organisation", "modality", "per day"):
         groups.add_column(column)
     for g in result.groups:

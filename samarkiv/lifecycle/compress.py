@@ -31,10 +31,13 @@ class Compressed:
 
 
 def _without_pixels(dataset: pydicom.Dataset) -> dict:
+    """The attributes to compare, without Pixel Data, the File Meta group and
+    group lengths (gggg,0000): retired (PS3.5 7.2), dropped when re-encoding,
+    and no attribute of the image."""
     return {
         tag: (elem.VR, elem.value)
         for tag, elem in dataset.items()
-        if tag != 0x7FE00010 and elem.tag.group != 0x0002
+        if tag != 0x7FE00010 and elem.tag.group != 0x0002 and elem.tag.element != 0x0000
     }
 
 

@@ -56,18 +56,21 @@ def worker_id() -> str:
 
 
 class Throttle:
-    """At most ``rate`` bytes per second on average (0: no limit)."""
+    """At most ``rate`` bytes per second on average (0: no limit). Time spent
+    idle earns at most ``burst_seconds`` of credit, so a runner that waited an
+    hour for work (inside ``serve``) does not then copy an hour's worth at full speed."""
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, burst_seconds: float = 1.0) -> None:
         self.rate = rate
-        self._start = time.monotonic()
-        self._bytes = 0
+        self.burst = burst_seconds
+        self._next = time.monotonic()  # when the budget is spent up to
 
     def __call__(self, size: int, stop: threading.Event | None = None) -> None:
         if self.rate <= 0:
             return
-        self._bytes += size
-        wait = self._start + self._bytes / self.rate - time.monotonic()
+        now = time.monotonic()
+        self._next = max(self._next, now - self.burst) + size / self.rate
+        wait = self._next - now
         if wait > 0:
             (stop.wait(wait) if stop is not None else time.sleep(wait))
 

@@ -1,4 +1,4 @@
-"""``samarkiv migrate``: add, run, status, verify, report and list migration jobs."""
+"""``samarkiv migrate``: add, plan, run, status, verify, report and list migration jobs."""
 
 # No ``from __future__ import annotations``: typer reads the annotations.
 import json
@@ -70,6 +70,8 @@ def add(
     window_days: Annotated[int, typer.Option(help="C-FIND date window length in days.")] = 30,
     max_results: Annotated[int, typer.Option(help="The source's C-FIND result cap: windows that reach it are halved.")] = 0,
     url: Annotated[Optional[str], typer.Option(help="DICOMweb: the service root URL.")] = None,
+    token_env: Annotated[Optional[str], typer.Option(help="DICOMweb: environment variable holding a bearer token (read at run time, never stored).")] = None,
+    page_size: Annotated[int, typer.Option(help="DICOMweb: QIDO-RS results per page (limit/offset).")] = 100,
     path: Annotated[Optional[list[Path]], typer.Option("--path", help="Filesystem: folders, files or DICOMDIRs.")] = None,
     in_place: Annotated[bool, typer.Option(help="Filesystem: index the files where they are, without copying.")] = False,
     associations: Annotated[int, typer.Option(help="Parallel associations/requests towards the source.")] = 2,
@@ -105,7 +107,7 @@ def add(
     elif source == "dicomweb":
         if not url:
             raise _fail("a DICOMweb source needs --url")
-        options.update(url=url, from_date=from_date, to_date=to_date)
+        options.update(url=url, from_date=from_date, to_date=to_date, window_days=window_days, page_size=page_size, token_env=token_env)
     elif source == "filesystem":
         if not path:
             raise _fail("a filesystem source needs --path")
@@ -171,8 +173,35 @@ def run(
             runner.on_study = on_study
             result = runner.run()
     _print_progress(result)
+    if runner.stats.retries:
+        console.print(f"{runner.stats.retries} busy/refused/timed-out source call(s) retried with backoff")
     if result["studies"].get("failed"):
         raise typer.Exit(1)
+
+
+@migrate_app.command("plan")
+def plan(
+    name: str,
+    refresh: Annotated[bool, typer.Option(help="Ask the source for its studies again (new ones join the plan).")] = False,
+    config: ConfigOpt = None,
+    data: DataOpt = None,
+    index_url: IndexOpt = None,
+) -> None:
+    """Enumerate the source and list each study's instances without pulling anything."""
+    from .runner import Runner
+    from .sources import SourceError
+
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with _opened(config, data, index_url) as (archive, jobs):
+        job = _job(jobs, name)
+        if refresh:
+            jobs.set_job(job, enumerated=False)
+            job = jobs.get(name)
+        try:
+            result = Runner(archive, jobs, job).plan_all()
+        except (SourceError, ValueError) as exc:
+            raise _fail(f"cannot enumerate the source: {exc}", 1) from None
+    _print_progress(result)
 
 
 def _print_progress(result: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -77,9 +78,12 @@ def _study(row: Any) -> PlannedStudy:
 class JobStore:
     """Reads on ``engine``, writes on ``writer`` (SQLite's single writer connection)."""
 
-    def __init__(self, engine: Engine, writer: Engine | None = None) -> None:
+    def __init__(self, engine: Engine, writer: Engine | None = None, lock: AbstractContextManager[Any] | None = None) -> None:
         self.engine = engine
         self.writer = writer or engine
+        # the catalog's writer mutex (Catalog.writers): on SQLite a job write then queues
+        # behind the grouped commits instead of sleeping in SQLite's busy handler
+        self.lock: AbstractContextManager[Any] = lock or nullcontext()
 
     # --- jobs ---------------------------------------------------------------------------
 
@@ -91,7 +95,7 @@ class JobStore:
         if self.find(name) is not None:
             raise JobError(f"a migration named {name!r} exists already")
         now = _now()
-        with self.writer.begin() as conn:
+        with self.lock, self.writer.begin() as conn:
             conn.execute(
                 insert(migration_jobs).values(
                     name=name, source_kind=source_kind, options=json.dumps(options), state="new",
@@ -116,7 +120,7 @@ class JobStore:
             return [_job(r) for r in conn.execute(select(migration_jobs).order_by(migration_jobs.c.pk))]
 
     def set_job(self, job: Job, **values: Any) -> None:
-        with self.writer.begin() as conn:
+        with self.lock, self.writer.begin() as conn:
             conn.execute(update(migration_jobs).where(migration_jobs.c.pk == job.pk).values(updated_at=_now(), **values))
 
     # --- the plan -------------------------------------------------------------------------
@@ -131,7 +135,7 @@ class JobStore:
                 known.add(uid)
                 rows.append(dict(job_pk=job.pk, study_instance_uid=uid, study_date=date, source_ref=ref, state="pending", planned=False, attempts=0, updated_at=now))
         if rows:
-            with self.writer.begin() as conn:
+            with self.lock, self.writer.begin() as conn:
                 conn.execute(insert(migration_studies), rows)
         return len(rows)
 
@@ -152,7 +156,7 @@ class JobStore:
                  state="present" if i.sop_instance_uid in present else "pending")
             for i in instances if i.sop_instance_uid not in known
         ]  # fmt: skip
-        with self.writer.begin() as conn:
+        with self.lock, self.writer.begin() as conn:
             if rows:
                 conn.execute(insert(migration_instances), rows)
             conn.execute(update(migration_studies).where(migration_studies.c.pk == study.pk).values(planned=True, updated_at=_now()))
@@ -171,7 +175,7 @@ class JobStore:
         uids = list(uids)
         if not uids:
             return
-        with self.writer.begin() as conn:
+        with self.lock, self.writer.begin() as conn:
             for start in range(0, len(uids), 500):
                 conn.execute(
                     update(migration_instances)
@@ -180,7 +184,7 @@ class JobStore:
                 )
 
     def record_source_digest(self, study: PlannedStudy, uid: str, digest: str, size: int) -> None:
-        with self.writer.begin() as conn:
+        with self.lock, self.writer.begin() as conn:
             conn.execute(
                 update(migration_instances)
                 .where(migration_instances.c.study_pk == study.pk, migration_instances.c.sop_instance_uid == uid)
@@ -199,7 +203,7 @@ class JobStore:
         values: dict[str, Any] = dict(state=state, message=message, updated_at=_now())
         if attempts is not None:
             values["attempts"] = attempts
-        with self.writer.begin() as conn:
+        with self.lock, self.writer.begin() as conn:
             conn.execute(update(migration_studies).where(migration_studies.c.pk == study.pk).values(**values))
 
     def mark_found(self, study: PlannedStudy, sizes: dict[str, int]) -> None:
@@ -212,7 +216,7 @@ class JobStore:
             .where(or_(*(migration_instances.c.state == state for state in ("pending", "failed", "mismatch"))))
             .values(state="migrated", reason=None, size=bindparam("nbytes"))
         )
-        with self.writer.begin() as conn:
+        with self.lock, self.writer.begin() as conn:
             conn.execute(statement, [dict(study=study.pk, uid=uid, nbytes=size) for uid, size in sizes.items()])
 
     # --- progress ---------------------------------------------------------------------------

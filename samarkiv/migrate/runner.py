@@ -14,9 +14,10 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from contextlib import nullcontext
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,9 @@ from .throttle import Throttle, Window
 
 log = logging.getLogger(__name__)
 
+PLAN_AHEAD = 2  # studies listed ahead of the pulls, per association
+SETTLE_SECONDS = 1.0  # C-MOVE: how long to wait for serve's deferred commits to stop arriving
+
 
 @dataclass
 class RunStats:
@@ -36,6 +40,7 @@ class RunStats:
     studies_done: int = 0
     instances: int = 0
     bytes: int = 0
+    retries: int = 0  # busy/refused/timed-out source calls tried again
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, studies: int, instances: int, nbytes: int) -> None:
@@ -70,6 +75,8 @@ class Runner:
         on_study: Callable[[PlannedStudy, int, int], None] | None = None,
     ) -> None:
         self.archive, self.jobs, self.job = archive, jobs, job
+        if isinstance(jobs.lock, nullcontext):
+            jobs.lock = archive.catalog.writers  # job writes queue with the store commits
         options = job.options
         self.source = source or open_source(job.source_kind, options)
         self.throttle = throttle_of(options)
@@ -93,6 +100,8 @@ class Runner:
                 if attempt == self.retries:
                     raise
                 delay = self.backoff * 2**attempt
+                with self.stats.lock:
+                    self.stats.retries += 1
                 log.warning("%s: %s; retry %d/%d in %.1fs", what, exc, attempt + 1, self.retries, delay)
                 self.sleep(delay)
         raise AssertionError("unreachable")
@@ -107,19 +116,63 @@ class Runner:
         self.jobs.set_job(self.job, enumerated=True)
         self.job = self.jobs.get(self.job.name)
 
-    def run(self) -> dict[str, Any]:
+    def run(self, flush: bool = True) -> dict[str, Any]:
+        """Migrate every study not done. ``flush``: move the objects this process left in the
+        write-back journal (durable in the index already) to the blob store before returning."""
         self.jobs.set_job(self.job, state="running")
         try:
             self.enumerate()
             todo = self.jobs.studies(self.job, ["pending", "failed"])
+            ahead = threading.BoundedSemaphore(self.associations * PLAN_AHEAD)
+
+            def migrate(study: PlannedStudy) -> None:
+                try:
+                    self.migrate_study(study)
+                finally:
+                    ahead.release()
+
             with ThreadPoolExecutor(max_workers=self.associations, thread_name_prefix="migrate") as pool:
-                list(pool.map(self.migrate_study, todo))
+                futures = [pool.submit(migrate, study) for study in self._planned_ahead(todo, ahead)]
+                for future in futures:
+                    future.result()
         finally:
-            if self.source.in_process:
+            close = getattr(self.source, "close", None)
+            if close is not None:
+                close()
+            if self.source.in_process and flush:
                 self.archive.flush_all()  # objects in the write-back journal go to the blob store
         progress = self.jobs.progress(self.job)
         failed = progress["studies"].get("failed", 0)
         self.jobs.set_job(self.job, state="failed" if failed else "done")
+        return self.jobs.progress(self.job)
+
+    def _planned_ahead(self, todo: list[PlannedStudy], ahead: threading.BoundedSemaphore) -> Iterator[PlannedStudy]:
+        """Each study, planned (listed at IMAGE level) on this thread while the pulls of the
+        ones before it run: listing and pulling overlap. At most ``ahead``'s count of studies
+        wait planned; a study whose listing fails goes on unplanned (its pull plans and records it)."""
+        for study in todo:
+            ahead.acquire()
+            if not study.planned:
+                try:
+                    self.throttle.wait_for_window()
+                    study = replace(self.plan(study), planned=True)
+                except Exception as exc:  # noqa: BLE001 - migrate_study tries again and records it
+                    log.info("listing study %d ahead failed: %s", study.pk, exc)
+            yield study
+
+    def plan_all(self) -> dict[str, Any]:
+        """Enumerate and list every study's instances, pulling nothing (what a run would move)."""
+        self.enumerate()
+        todo = [s for s in self.jobs.studies(self.job, ["pending", "failed"]) if not s.planned]
+
+        def plan_one(study: PlannedStudy) -> None:
+            try:
+                self.plan(study)
+            except SourceError as exc:
+                self.jobs.set_study(study, "failed", f"{exc.__class__.__name__}: {exc}", attempts=study.attempts + 1)
+
+        with ThreadPoolExecutor(max_workers=self.associations, thread_name_prefix="migrate-plan") as pool:
+            list(pool.map(plan_one, todo))
         return self.jobs.progress(self.job)
 
     def plan(self, study: PlannedStudy) -> PlannedStudy:
@@ -135,7 +188,7 @@ class Runner:
         try:
             self.throttle.wait_for_window()
             self.plan(study)
-            self._pull_missing(study, attempts=study.attempts)
+            self._pull_missing(study, previous=study.attempts)
         except Exception as exc:  # noqa: BLE001 - one study's failure must not stop the others
             log.warning("study %d failed: %s", study.pk, exc)
             self.jobs.set_study(study, "failed", f"{exc.__class__.__name__}: {exc}", attempts=study.attempts + 1)
@@ -149,13 +202,28 @@ class Runner:
             self.jobs.mark_found(study, {uid: s.size for uid, s in stored.items()})
         return [i for i in wanted if i.sop_instance_uid not in stored], len(stored), sum(s.size for s in stored.values())
 
-    def _pull_missing(self, study: PlannedStudy, attempts: int = 0) -> None:
+    def _found_settled(self, study: PlannedStudy, wanted: list[PlannedInstance]) -> tuple[list[PlannedInstance], int, int]:
+        """:meth:`_found`, and for C-MOVE, while objects keep arriving in the index, again: ``serve``
+        answers a migration's sub-operations before their grouped commit (deferred.py), so the
+        last few may be committed just after the C-MOVE response."""
+        missing, count, nbytes = self._found(study, wanted)
+        quiet_since = time.monotonic()
+        while missing and not self.source.in_process and time.monotonic() - quiet_since < SETTLE_SECONDS:
+            time.sleep(0.005)
+            missing, more, more_bytes = self._found(study, missing)
+            if more:
+                count, nbytes, quiet_since = count + more, nbytes + more_bytes, time.monotonic()
+        return missing, count, nbytes
+
+    def _pull_missing(self, study: PlannedStudy, previous: int = 0) -> None:
+        """Pull what is missing, up to ``retries`` + 1 times in this run (``previous``: attempts of earlier runs)."""
         total = len(self.jobs.instances(study))
         missing, count, nbytes = self._found(study, self.jobs.instances(study, ["pending", "failed", "mismatch"]))
         rejected: dict[str, str] = {}
         note = ""
-        while missing and attempts <= self.retries:
-            attempts += 1
+        tries = 0
+        while missing and tries <= self.retries:
+            tries += 1
             everything = len(missing) == total
             deliver = self._deliverer(study, rejected)
             try:
@@ -169,7 +237,7 @@ class Runner:
                 missing, more, more_bytes = self._found(study, missing)
                 count, nbytes = count + more, nbytes + more_bytes
                 break
-            missing, more, more_bytes = self._found(study, missing)
+            missing, more, more_bytes = self._found_settled(study, missing)
             count, nbytes = count + more, nbytes + more_bytes
             if missing and all(i.sop_instance_uid in rejected for i in missing):
                 break  # the archive refused them: a retry gives the same answer
@@ -179,32 +247,52 @@ class Runner:
             reason = rejected.get(instance.sop_instance_uid) or note or "not received from the source"
             self.jobs.mark_instances(study, [instance.sop_instance_uid], "failed", reason)
         if missing:
-            self.jobs.set_study(study, "failed", f"{len(missing)} instance(s) missing: {note}".strip(": "), attempts=attempts)
+            self.jobs.set_study(study, "failed", f"{len(missing)} instance(s) missing: {note}".strip(": "), attempts=previous + tries)
         else:
-            self.jobs.set_study(study, "done", note or None, attempts=attempts)
+            self.jobs.set_study(study, "done", note or None, attempts=previous + tries)
         self.stats.add(1, count, nbytes)
         if self.on_study:
             self.on_study(study, count, nbytes)
 
-    def _deliverer(self, study: PlannedStudy, rejected: dict[str, str]) -> Callable[[bytes | Path], StoreResult]:
-        def deliver(item: bytes | Path) -> StoreResult:
-            if isinstance(item, Path) and self.in_place:
-                self.throttle.acquire(1, 0)
-                result = self.archive.store_in_place(item, source_aet=self.source_aet)
-            else:
-                data = item.read_bytes() if isinstance(item, Path) else item
-                mapped = self.mapping.apply(data)
-                self.throttle.acquire(1, len(mapped))
-                result = self.archive.store_bytes(mapped, source_aet=self.source_aet)
-                if mapped is not data and result.sop_instance_uid:
-                    # coerced: verification compares the source with what it sent, not with what we keep
-                    digest = hashlib.sha256(_dataset_part(data)).hexdigest()
-                    self.jobs.record_source_digest(study, result.sop_instance_uid, digest, len(data))
-            if result.outcome is StoreOutcome.REJECTED and result.sop_instance_uid:
-                rejected[result.sop_instance_uid] = f"rejected by the archive: {result.reason}: {result.message}"
-            return result
+    def _deliverer(self, study: PlannedStudy, rejected: dict[str, str]) -> Deliverer:
+        return Deliverer(self, study, rejected)
 
-        return deliver
+
+class Deliverer:
+    """Where a source hands what it pulled: one object (``deliver(item)``) or, for C-GET's
+    grouped commit (deferred.py), several at once (``deliver.many(items)``)."""
+
+    def __init__(self, runner: Runner, study: PlannedStudy, rejected: dict[str, str]) -> None:
+        self.runner, self.study, self.rejected = runner, study, rejected
+
+    def __call__(self, item: bytes | Path) -> StoreResult:
+        runner = self.runner
+        if isinstance(item, Path) and runner.in_place:
+            runner.throttle.acquire(1, 0)
+            return self._noted(runner.archive.store_in_place(item, source_aet=runner.source_aet))
+        return self.many([item.read_bytes() if isinstance(item, Path) else item])[0]
+
+    def many(self, items: list[bytes]) -> list[StoreResult]:
+        """Map, pace and store ``items`` with one commit (Archive.store_batch)."""
+        runner = self.runner
+        mapped = [runner.mapping.apply(data) for data in items]
+        runner.throttle.acquire(len(mapped), sum(len(m) for m in mapped))
+        if len(mapped) == 1:
+            results = [runner.archive.store_bytes(mapped[0], source_aet=runner.source_aet)]
+        else:
+            results = runner.archive.store_batch([(m, None, None) for m in mapped], source_aet=runner.source_aet)
+        for data, coerced, result in zip(items, mapped, results, strict=True):
+            if coerced is not data and result.sop_instance_uid:
+                # coerced: verification compares the source with what it sent, not with what we keep
+                digest = hashlib.sha256(_dataset_part(data)).hexdigest()
+                runner.jobs.record_source_digest(self.study, result.sop_instance_uid, digest, len(data))
+            self._noted(result)
+        return results
+
+    def _noted(self, result: StoreResult) -> StoreResult:
+        if result.outcome is StoreOutcome.REJECTED and result.sop_instance_uid:
+            self.rejected[result.sop_instance_uid] = f"rejected by the archive: {result.reason}: {result.message}"
+        return result
 
 
 def _dataset_part(data: bytes) -> bytes:

@@ -53,7 +53,7 @@ def verify_job(runner: Runner, sample: int | None, seed: int = 0) -> VerifyResul
         jobs.plan_study(job, study, listed, set())  # instances new at the source join the plan
         stored = archive.catalog.instances_by_uid([i.sop_instance_uid for i in listed])
         if len(stored) < len(listed):
-            runner._pull_missing(study, attempts=0)  # retried once, then listed
+            runner._pull_missing(study, previous=study.attempts)  # pulled again (with retries), then listed
             stored = archive.catalog.instances_by_uid([i.sop_instance_uid for i in listed])
         problems = _compare_counts(study, listed, stored, result)
         candidates = [i for i in listed if i.sop_instance_uid in stored]

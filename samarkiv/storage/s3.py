@@ -275,9 +275,18 @@ class S3BlobStore:
         path.unlink(missing_ok=True)
 
     def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
-        """Each object is one PUT; S3 acknowledges a PUT only once it is durable."""
-        for key, data in items:
-            self._put_single(key, data, hashlib.sha256(data).hexdigest())
+        """Each object is one PUT (S3 acknowledges a PUT only once it is durable),
+        ``upload_concurrency`` at a time; the first failure is raised once all
+        PUTs have ended (the caller commits nothing, so what did go up is
+        simply written again by the retry)."""
+        if len(items) <= 1 or self.options.upload_concurrency <= 1:
+            for key, data in items:
+                self._put_single(key, data, hashlib.sha256(data).hexdigest())
+            return
+        with ThreadPoolExecutor(self.options.upload_concurrency, thread_name_prefix="s3-put") as pool:
+            futures = [pool.submit(self._put_single, key, data, hashlib.sha256(data).hexdigest()) for key, data in items]
+        for future in futures:
+            future.result()
 
     def put_stream(self, key: str, stream: BinaryIO) -> Written:
         """Upload ``stream`` under ``key``, hashing it in the same pass.

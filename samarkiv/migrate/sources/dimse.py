@@ -6,6 +6,9 @@ answers), then each study is listed at IMAGE level. C-MOVE sends the objects
 to a running ``samarkiv serve`` (the job's ``move_aet``, which the source must
 know); C-GET (C.4.3) brings them into this process over the same association,
 with SCP/SCU role selection for each storage SOP class (PS3.7 D.3.3.4).
+Every association is our own blocking-socket requestor (requestor.py), opened
+for one query or one study and released at once, so the job never holds more
+associations than it has ``associations`` threads.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
-from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind as FIND,
 )
@@ -40,9 +42,11 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove as MOVE,
 )
 
-from ...core.archive import StoreOutcome, StoreResult
+from ...core.structure import inspect_buffer
+from ..deferred import DeferredStores
 from ..job import PlannedInstance, PlannedStudy
 from .base import Deliver, SourceBusy, SourceError
+from .requestor import Requestor, RetrieveResult
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +63,7 @@ COMMON_STORAGE = (
     "1.2.840.10008.5.1.4.1.1.481.5", "1.2.840.10008.5.1.4.1.1.481.3", "1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.9.1.1",
 )  # fmt: skip
 MAX_CONTEXTS = 127  # PS3.8 9.3.2.2: odd context IDs 1-255; one is the GET context
-# C-STORE statuses we answer (PS3.4 B.2.3)
-SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
+SUCCESS = 0x0000  # C-STORE status we answer (PS3.4 B.2.3)
 
 
 def _windows(start: date, end: date, days: int) -> Iterator[tuple[date, date]]:
@@ -68,6 +71,13 @@ def _windows(start: date, end: date, days: int) -> Iterator[tuple[date, date]]:
         stop = min(end, start + timedelta(days=days - 1))
         yield start, stop
         start = stop + timedelta(days=1)
+
+
+def _values(value: object) -> list[object]:
+    """A multi-valued attribute's values (one value or none as a list)."""
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
 
 
 def _day(text: str) -> date:
@@ -98,39 +108,15 @@ class DimseSource:
 
     # --- associations ---------------------------------------------------------------------
 
-    def _ae(self) -> AE:
-        ae = AE(ae_title=self.calling_aet)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
-        ae.connection_timeout = self.timeout
-        ae.maximum_pdu_size = 0
-        return ae
-
-    def _associate(self, ae: AE, **kwargs: Any):  # type: ignore[no-untyped-def]
-        assoc = ae.associate(self.host, self.port, ae_title=self.called_aet, **kwargs)
-        if not assoc.is_established:
-            what = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
-            raise SourceBusy(f"association with {self.called_aet}@{self.host}:{self.port} {what}")
-        return assoc
-
     def _find(self, query: Dataset) -> list[Dataset]:
-        ae = self._ae()
-        ae.add_requested_context(FIND)
-        assoc = self._associate(ae)
-        answers: list[Dataset] = []
+        """C-FIND over an association of its own, released at once (a source's
+        association limit is shared with the pulls)."""
+        assoc = Requestor(self.host, self.port, self.called_aet, self.calling_aet, self.timeout)
+        assoc.open([(FIND, [ImplicitVRLittleEndian])], [])
         try:
-            for status, identifier in assoc.send_c_find(query, FIND):
-                code = getattr(status, "Status", None)
-                if code is None:
-                    raise SourceBusy("C-FIND: no answer (timeout or abort)")
-                if code in (0xFF00, 0xFF01) and identifier is not None:
-                    answers.append(identifier)
-                elif code not in (0x0000, 0xFF00, 0xFF01):
-                    if code == 0xA700:
-                        raise SourceBusy(f"C-FIND failed: status 0x{code:04X} (out of resources)")
-                    raise SourceError(f"C-FIND failed: status 0x{code:04X}")
+            return assoc.find(FIND, query)
         finally:
             assoc.release()
-        return answers
 
     # --- enumerate ------------------------------------------------------------------------
 
@@ -163,17 +149,37 @@ class DimseSource:
                 yield uid, str(answer.get("StudyDate", "") or "") or None, None
 
     def instances(self, study: PlannedStudy) -> list[PlannedInstance]:
-        q = Dataset()
-        q.QueryRetrieveLevel = "IMAGE"
-        q.StudyInstanceUID = study.study_instance_uid
-        q.SeriesInstanceUID = ""
-        q.SOPInstanceUID = ""
-        q.SOPClassUID = ""
+        """The study's instances, over one association.
+
+        SOP Classes in Study (0008,0062) is asked first at STUDY level: when the
+        source names exactly one class, every instance has it and the IMAGE-level
+        query leaves SOP Class UID out (Orthanc, for one, reads each file from disk
+        to answer it: nine times slower). Otherwise the IMAGE level asks for it.
+        """
+        assoc = Requestor(self.host, self.port, self.called_aet, self.calling_aet, self.timeout)
+        assoc.open([(FIND, [ImplicitVRLittleEndian])], [])
+        try:
+            q = Dataset()
+            q.QueryRetrieveLevel = "STUDY"
+            q.StudyInstanceUID = study.study_instance_uid
+            q.SOPClassesInStudy = ""
+            classes = {str(c) for a in assoc.find(FIND, q) for c in _values(a.get("SOPClassesInStudy")) if str(c)}
+            only = classes.pop() if len(classes) == 1 else None
+            q = Dataset()
+            q.QueryRetrieveLevel = "IMAGE"
+            q.StudyInstanceUID = study.study_instance_uid
+            q.SeriesInstanceUID = ""
+            q.SOPInstanceUID = ""
+            if only is None:
+                q.SOPClassUID = ""
+            answers = assoc.find(FIND, q)
+        finally:
+            assoc.release()
         found = []
-        for answer in self._find(q):
+        for answer in answers:
             sop = str(answer.get("SOPInstanceUID", "") or "")
             if sop:
-                cls = str(answer.get("SOPClassUID", "") or "") or None
+                cls = only or str(answer.get("SOPClassUID", "") or "") or None
                 found.append(PlannedInstance(str(answer.get("SeriesInstanceUID", "")), sop, cls))
         return found
 
@@ -206,88 +212,82 @@ class DimseSource:
         return self._get(identifiers, {i.sop_class_uid for i in wanted if i.sop_class_uid}, deliver)
 
     def _move(self, identifiers: list[Dataset]) -> str:
-        ae = self._ae()
-        ae.add_requested_context(MOVE)
-        assoc = self._associate(ae)
+        assoc = Requestor(self.host, self.port, self.called_aet, self.calling_aet, self.timeout)
+        assoc.open([(MOVE, [ImplicitVRLittleEndian])], [])
         notes = []
         try:
             for identifier in identifiers:
-                notes.append(self._sub_operations(assoc.send_c_move(identifier, self.move_aet, MOVE), "C-MOVE"))
+                notes.append(self._note(assoc.move(MOVE, identifier, str(self.move_aet)), "C-MOVE"))
         finally:
             assoc.release()
         return "; ".join(n for n in notes if n)
 
-    @staticmethod
-    def _sub_operations(responses, what: str) -> str:  # type: ignore[no-untyped-def]
-        final = None
-        for status, _identifier in responses:
-            if getattr(status, "Status", None) is None:
-                raise SourceBusy(f"{what}: no answer (timeout or abort)")
-            final = status
-        if final is None:
-            raise SourceBusy(f"{what}: no answer")
-        code = final.Status
-        if code == 0xA701 or code == 0xA702:  # out of resources (PS3.4 C.4.2.1.5)
-            raise SourceBusy(f"{what}: source out of resources (0x{code:04X})")
-        if code == 0xA801:
-            raise SourceError(f"{what}: the source does not know the move destination (0x{code:04X})")
-        if code == 0x0000:
-            return ""
-        failed = int(final.get("NumberOfFailedSuboperations", 0) or 0)
-        return f"{what} status 0x{code:04X}, {failed} failed sub-operation(s)"
-
-    def _get_ae(self, sop_classes: set[str]) -> tuple[AE, list]:  # type: ignore[type-arg]
-        ae = self._ae()
-        ae.add_requested_context(GET)
+    def _get_contexts(self, sop_classes: set[str]) -> tuple[list[tuple[str, list[str]]], list[str]]:
+        """The C-GET context, then one context per (storage class, syntax): the source keeps its own syntax."""
         classes = sorted(sop_classes) or list(COMMON_STORAGE)
         per_class = max(1, min(len(TRANSFER_SYNTAXES), (MAX_CONTEXTS - 1) // len(classes)))
-        roles = []
-        for cls in classes[: MAX_CONTEXTS - 1]:
-            for ts in TRANSFER_SYNTAXES[:per_class]:
-                ae.add_requested_context(cls, ts)  # one syntax per context: the source keeps its own
-            roles.append(build_role(cls, scp_role=True))
-        return ae, roles
+        contexts: list[tuple[str, list[str]]] = [(GET, [ImplicitVRLittleEndian])]  # the identifier is encoded so
+        roles = classes[: MAX_CONTEXTS - 1]
+        for cls in roles:
+            contexts.extend((cls, [ts]) for ts in TRANSFER_SYNTAXES[:per_class])
+        return contexts[:MAX_CONTEXTS], roles
+
+    def _get_association(self, sop_classes: set[str]) -> Requestor:
+        assoc = Requestor(self.host, self.port, self.called_aet, self.calling_aet, self.timeout)
+        assoc.open(*self._get_contexts(sop_classes))
+        return assoc
+
+    @staticmethod
+    def _note(result: RetrieveResult, what: str = "C-GET") -> str:
+        """A note for the job log from a final C-GET/C-MOVE response (PS3.4 C.4.2.1.5, C.4.3.1.4)."""
+        if result.status in (0xA701, 0xA702):  # out of resources
+            raise SourceBusy(f"{what}: source out of resources (0x{result.status:04X})")
+        if result.status == 0xA801:
+            raise SourceError(f"{what}: the source does not know the move destination (0x{result.status:04X})")
+        if result.status == 0x0000:
+            return ""
+        return f"{what} status 0x{result.status:04X}, {result.failed} failed sub-operation(s)"
 
     def _get(self, identifiers: list[Dataset], sop_classes: set[str], deliver: Deliver) -> str:
-        def on_store(event) -> int:  # type: ignore[no-untyped-def]
-            try:
-                result = deliver(event.encoded_dataset(include_meta=True))
-            except Exception:  # noqa: BLE001 - answer the source, never leave it hanging
-                log.exception("storing a C-GET sub-operation failed")
-                return OUT_OF_RESOURCES
-            return _store_status(result)
+        """C-GET, storing the sub-operations on a few threads while the next ones arrive.
 
-        ae, roles = self._get_ae(sop_classes)
-        assoc = self._associate(ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        Each C-STORE is answered as soon as its bytes are received, before its
+        commit (the migration exception, deferred.py): the source keeps its
+        copy, and what the job counts as migrated is read from the index after
+        the stores are drained. The stores waiting together are committed in
+        one transaction and one WAL sync (the catalog's group commit).
+        """
+        many = getattr(deliver, "many", None) or (lambda items: [deliver(item) for item in items])
+        pipeline: DeferredStores[bytes] = DeferredStores(many)
+
+        def on_store(data: bytes) -> int:
+            pipeline.submit(data, len(data))
+            return SUCCESS
+
         notes = []
         try:
-            for identifier in identifiers:
-                notes.append(self._sub_operations(assoc.send_c_get(identifier, GET), "C-GET"))
+            assoc = self._get_association(sop_classes)
+            try:
+                for identifier in identifiers:
+                    notes.append(self._note(assoc.get(GET, identifier, on_store)))
+            finally:
+                assoc.release()
         finally:
-            assoc.release()
+            pipeline.finish()
         return "; ".join(n for n in notes if n)
 
     def fetch(self, study: PlannedStudy, instance: PlannedInstance) -> bytes | None:
         """C-GET one instance into memory: the dataset bytes exactly as the source sent them."""
         received: list[bytes] = []
 
-        def on_store(event) -> int:  # type: ignore[no-untyped-def]
-            received.append(event.encoded_dataset(include_meta=False))
+        def on_store(data: bytes) -> int:
+            received.append(data[inspect_buffer(data).dataset_offset :])
             return SUCCESS
 
         q = self._identifiers(study, [instance], False)[0]
-        ae, roles = self._get_ae({instance.sop_class_uid} if instance.sop_class_uid else set())
-        assoc = self._associate(ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        assoc = self._get_association({instance.sop_class_uid} if instance.sop_class_uid else set())
         try:
-            self._sub_operations(assoc.send_c_get(q, GET), "C-GET")
+            self._note(assoc.get(GET, q, on_store))
         finally:
             assoc.release()
         return received[0] if received else None
-
-
-def _store_status(result: StoreResult) -> int:
-    if result.outcome is not StoreOutcome.REJECTED:
-        return SUCCESS
-    return OUT_OF_RESOURCES if result.reason == "out-of-resources" else CANNOT_UNDERSTAND
-
-

@@ -26,6 +26,9 @@ store, replacement or deletion.
 
 Exceptions (they read the stored object): objects stored with a deflated
 transfer syntax, for which no header copy exists.
+
+Access: each request is one ``view`` decision on its study (guard.py), made
+and audited before the cache is consulted; a refused study is 403.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ from .dicomjson import (
     xml_document,
 )
 from .errors import DicomWebError
+from .guard import authorise_study
 
 log = logging.getLogger(__name__)
 
@@ -424,6 +428,7 @@ def _respond(
         raise DicomWebError(
             406, "metadata is available as application/dicom+json or multipart/related; type=\"application/dicom+xml\""
         )
+    authorise_study(service.archive, request, "view", study)  # 403 before anything is looked up
     listed = service.listed(scope, study, series_uid, sop)
     if not listed:
         raise DicomWebError(404, f"no such {scope.value} in this archive")

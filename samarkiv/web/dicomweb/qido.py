@@ -21,6 +21,12 @@ Results stream page by page (PreparedQuery.run), as application/dicom+json
 200 with an empty array (PS3.18 10.6.3 Table 10.6.3-1: "any matching
 results"). Matching on an attribute the catalogue cannot match is treated as
 universal and named in a Warning header.
+
+Access (issue 5): the caller's principal goes into the query, whose SQL then
+keeps only the rows the policy lets it see (samarkiv/access/gate.py
+``query_condition``, one ``query`` audit record per request): hidden studies,
+series and instances are simply absent, and the paging Warning and limits
+count only visible rows.
 """
 
 from __future__ import annotations
@@ -37,11 +43,22 @@ from fastapi.responses import StreamingResponse
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 
+from ...access.http import organisation_of
 from ...core.archive import Archive
 from ...identity.query import PatientScope
 from ...index.query import KEYS, Level, PreparedQuery, Query, QueryError
-from .dicomjson import DICOM_JSON, DICOM_XML, choose, dataset_json, json_accepted, multipart_parts, xml_accepted, xml_document
+from .dicomjson import (
+    DICOM_JSON,
+    DICOM_XML,
+    choose,
+    dataset_json,
+    json_accepted,
+    multipart_parts,
+    xml_accepted,
+    xml_document,
+)
 from .errors import DicomWebError
+from .guard import caller
 from .metadata import dicomweb_base
 
 MAX_RESULTS = 10_000  # per response, when the client asks for more or sets no limit
@@ -63,7 +80,7 @@ INSTANCE_KEYS = (
     "InstanceNumber", "Rows", "Columns", "BitsAllocated", "NumberOfFrames",
 )  # fmt: skip
 
-_RESERVED = {"limit", "offset", "fuzzymatching", "includefield", "accept", "charset"}
+_RESERVED = {"limit", "offset", "fuzzymatching", "includefield", "accept", "charset", "token"}  # token: a share link
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 _RETRIEVE_URL = 0x00081190
 _QUERY_RETRIEVE_LEVEL = 0x00080052
@@ -235,9 +252,15 @@ class QidoService:
         search = parse_search(request, level, fixed)
         capped = search.limit is None or search.limit > self.max_results
         limit = self.max_results if capped else search.limit
+        principal = caller(request)
         try:
-            # HTTP requests carry no organisation until access control lands: the default one
-            prepared, scope = self.archive.prepare_query(build_query(search, fixed, limit), None)
+            # the caller's organisation decides what a Patient ID without issuer means;
+            # the caller's principal keeps only what the policy lets it see (audited)
+            owner = organisation_of(request)
+            prepared, scope = self.archive.prepare_query(
+                build_query(search, fixed, limit), None, owner=owner, principal=principal,
+                detail={"door": "QIDO-RS", "level": level.value, "keys": dict(search.keys)},
+            )  # fmt: skip
         except QueryError as exc:
             raise DicomWebError(400, str(exc)) from None
         headers: list[tuple[str, str]] = []

@@ -28,7 +28,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space
+from pydicom.pixels import (
+    apply_color_lut,
+    apply_modality_lut,
+    apply_voi_lut,
+    convert_color_space,
+)
 
 from ...core.archive import Archive
 from ...index.catalog import StoredInstance
@@ -36,7 +41,14 @@ from . import multipart
 from .accept import BULK_MEDIA_TYPE, VIDEO_TRANSFER_SYNTAXES, Acceptable, describe
 from .errors import DicomWebError
 from .frames import FrameError, StoredObject, open_stored, parse_frame_list
-from .wado import INSTANCE, acceptable_or_400, open_stream, owned, resolve, value_response
+from .wado import (
+    INSTANCE,
+    acceptable_or_400,
+    open_stream,
+    owned,
+    resolve_for,
+    value_response,
+)
 
 log = logging.getLogger(__name__)
 
@@ -625,35 +637,35 @@ def create_router(archive: Archive) -> APIRouter:
 
     @router.get("/studies/{study}/rendered", summary="Rendered study (PS3.18 10.4.1.1.4)")
     def study_rendered(request: Request, study: str) -> Response:
-        return rendered_many(archive, request, resolve(archive, study))
+        return rendered_many(archive, request, resolve_for(archive, request, "view", study))
 
     @router.get("/studies/{study}/series/{series}/rendered", summary="Rendered series")
     def series_rendered(request: Request, study: str, series: str) -> Response:
-        return rendered_many(archive, request, resolve(archive, study, series))
+        return rendered_many(archive, request, resolve_for(archive, request, "view", study, series))
 
     @router.get(INSTANCE + "/rendered", summary="Rendered instance")
     def instance_rendered(request: Request, study: str, series: str, sop: str) -> Response:
-        return rendered_instance(archive, request, resolve(archive, study, series, sop)[0], None)
+        return rendered_instance(archive, request, resolve_for(archive, request, "view", study, series, sop)[0], None)
 
     @router.get(INSTANCE + "/frames/{frames}/rendered", summary="Rendered frames")
     def frames_rendered(request: Request, study: str, series: str, sop: str, frames: str) -> Response:
-        return rendered_instance(archive, request, resolve(archive, study, series, sop)[0], frames)
+        return rendered_instance(archive, request, resolve_for(archive, request, "view", study, series, sop)[0], frames)
 
     @router.get("/studies/{study}/thumbnail", summary="Study thumbnail (PS3.18 10.4.1.1.5)")
     def study_thumbnail(request: Request, study: str) -> Response:
-        return thumbnail(archive, request, resolve(archive, study))
+        return thumbnail(archive, request, resolve_for(archive, request, "view", study))
 
     @router.get("/studies/{study}/series/{series}/thumbnail", summary="Series thumbnail")
     def series_thumbnail(request: Request, study: str, series: str) -> Response:
-        return thumbnail(archive, request, resolve(archive, study, series))
+        return thumbnail(archive, request, resolve_for(archive, request, "view", study, series))
 
     @router.get(INSTANCE + "/thumbnail", summary="Instance thumbnail")
     def instance_thumbnail(request: Request, study: str, series: str, sop: str) -> Response:
-        return thumbnail(archive, request, resolve(archive, study, series, sop))
+        return thumbnail(archive, request, resolve_for(archive, request, "view", study, series, sop))
 
     @router.get(INSTANCE + "/frames/{frames}/thumbnail", summary="Frame thumbnail")
     def frame_thumbnail(request: Request, study: str, series: str, sop: str, frames: str) -> Response:
-        return thumbnail(archive, request, resolve(archive, study, series, sop), frames)
+        return thumbnail(archive, request, resolve_for(archive, request, "view", study, series, sop), frames)
 
     return router
 

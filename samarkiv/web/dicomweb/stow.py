@@ -17,6 +17,15 @@ The response is the Store Instances Response Module (PS3.18 10.5.3, Annex I)
 as application/dicom+json, or application/dicom+xml when the Accept header
 asks: 200 all stored, 202 some failed or carry warnings, 409 none stored,
 400 malformed multipart, 415 a media type other than these.
+
+Access (issue 5): a new study is the caller's own (its organisation owns what
+it stores); storing into a study that exists needs the gate's ``store``
+decision (the annotate right: the owner, a care relationship, a share or
+share link with annotate, break-glass). Each study is decided once per
+request, when its first instance arrives, and audited once (``store``,
+allowed or denied); a refused instance fails with 0124 (Refused: Not
+Authorized, PS3.7 C.5), and ``POST /studies/{study}`` naming a refused study
+is 403 before the body is read.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -35,12 +45,30 @@ from fastapi import APIRouter, Request, Response
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from starlette.concurrency import run_in_threadpool
 
+from ...access.gate import study_facts
+from ...access.http import organisation_of
+from ...access.principal import Principal
+from ...audit import AuditEvent
 from ...core.archive import Archive, RejectReason, StoreOutcome, StoreResult
-from .dicomjson import DICOM_JSON, DICOM_XML, choose, json_accepted, media_params, xml_document
+from ...identity.organisations import Organisation
+from .dicomjson import (
+    DICOM_JSON,
+    DICOM_XML,
+    choose,
+    json_accepted,
+    media_params,
+    xml_document,
+)
 from .errors import DicomWebError
+from .guard import DENIED, caller
 from .metadata import dicomweb_base
 
 log = logging.getLogger(__name__)
@@ -56,6 +84,9 @@ FAILURE_FOR_REASON = {
 STUDY_MISMATCH = 0xC409  # the instance belongs to another study than the target's
 UNSUPPORTED_SYNTAX = 0xC122  # Referenced Transfer Syntax not supported
 PROCESSING_FAILURE = 0x0110  # an unexpected error while storing
+NOT_AUTHORISED = 0x0124  # Refused: Not Authorized (PS3.7 C.5): the caller may not add to this study
+# Roles that may start a study of their organisation's (researchers, auditors and patients may not).
+_STORING_ROLES = frozenset({"radiologist", "clinician", "technologist", "administrator", "service"})
 # Warning Reason (0008,1196), implementation-specific (PS3.18 I.2.1 allows them)
 WARNING_FOR_OUTCOME = {
     StoreOutcome.DUPLICATE: 0xB010,  # an identical object was already stored: nothing changed
@@ -263,6 +294,19 @@ def http_status(outcomes: list[Outcome]) -> int:
 
 
 @dataclass
+class StowTarget:
+    """What a STOW-RS request stores into: the study of ``POST /studies/{study}``
+    (None: any), the authenticated caller's organisation, owner of what it
+    stores, and the caller, with the store decision made for each study so far."""
+
+    study: str | None
+    owner: Organisation | None
+    principal: Principal | None = None
+    decided: dict[str, bool] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
 class _Received:
     """One part as received: in memory, or (when large) in a staging file."""
 
@@ -305,7 +349,10 @@ class StowService:
         if not boundary:
             raise DicomWebError(400, "the Content-Type has no boundary parameter")
         base = dicomweb_base(request, self.archive)
-        outcomes = await self._receive(request.stream(), boundary, root_type or "application/dicom", study)
+        target = StowTarget(study, organisation_of(request), caller(request))
+        if study is not None and not await run_in_threadpool(self.may_store, target, study):
+            raise DicomWebError(403, DENIED, title="Forbidden")
+        outcomes = await self._receive(request.stream(), boundary, root_type or "application/dicom", target)
         status = http_status(outcomes)
         body = response_dataset(base, outcomes)
         failures = sum(1 for o in outcomes if not o.stored)
@@ -315,7 +362,7 @@ class StowService:
             return Response(xml_document(body), status_code=status, media_type=DICOM_XML)
         return Response(json.dumps(body).encode("utf-8"), status_code=status, media_type=DICOM_JSON)
 
-    async def _receive(self, stream: AsyncIterator[bytes], boundary: str, root_type: str, study: str | None) -> list[Outcome]:
+    async def _receive(self, stream: AsyncIterator[bytes], boundary: str, root_type: str, target: StowTarget) -> list[Outcome]:
         reader = MultipartReader(boundary)
         slots = asyncio.Semaphore(self.workers)
         tasks: list[asyncio.Task[list[Outcome]]] = []
@@ -328,7 +375,7 @@ class StowService:
             part_type = media_params(part.headers.get("content-type", root_type))[0]
             if part_type == "application/dicom" and root_type == "application/dicom":
                 await slots.acquire()
-                tasks.append(asyncio.create_task(self._store_dicom_part(part, study, slots)))
+                tasks.append(asyncio.create_task(self._store_dicom_part(part, target, slots)))
             elif root_type == DICOM_JSON and part_type in (DICOM_JSON, "application/json"):
                 json_parts.append(part)
             elif root_type == DICOM_JSON:
@@ -365,7 +412,7 @@ class StowService:
         for task in tasks:
             outcomes.extend(await task)
         if json_parts:
-            outcomes.extend(await run_in_threadpool(self._store_json_parts, json_parts, bulk_parts, study))
+            outcomes.extend(await run_in_threadpool(self._store_json_parts, json_parts, bulk_parts, target))
         for part in json_parts + bulk_parts:
             part.discard()
         if malformed is not None:
@@ -389,9 +436,9 @@ class StowService:
             part.memory = bytearray()
         part.handle.write(data)
 
-    async def _store_dicom_part(self, part: _Received, study: str | None, slots: asyncio.Semaphore) -> list[Outcome]:
+    async def _store_dicom_part(self, part: _Received, target: StowTarget, slots: asyncio.Semaphore) -> list[Outcome]:
         try:
-            return [await run_in_threadpool(self._store_dicom, part, study)]
+            return [await run_in_threadpool(self._store_dicom, part, target)]
         except Exception:  # noqa: BLE001 - one part's trouble is that part's failure
             log.exception("STOW-RS: storing a part failed")
             return [Outcome(failure=PROCESSING_FAILURE, reason="processing failure")]
@@ -399,28 +446,60 @@ class StowService:
             part.discard()
             slots.release()
 
-    def _store_dicom(self, part: _Received, study: str | None) -> Outcome:
+    def _store_dicom(self, part: _Received, target: StowTarget) -> Outcome:
         """Store one Part 10 part (blocking: runs in the thread pool)."""
         if part.size == 0:
             return Outcome(failure=0xC000, reason="empty part")
         source: Path | bytes = part.path if part.path is not None else bytes(part.memory)
         uids = _uids(source)
-        if study is not None and uids["StudyInstanceUID"] != study:
+        if target.study is not None and uids["StudyInstanceUID"] != target.study:
             return Outcome(uids["SOPClassUID"], uids["SOPInstanceUID"], failure=STUDY_MISMATCH,
                            reason="the instance belongs to another study than the request's")  # fmt: skip
-        return _outcome(uids, self._store_source(source))
+        if refused := self._refused(target, uids):
+            return refused
+        return _outcome(uids, self._store_source(source, target.owner))
 
-    def _store_source(self, source: Path | bytes) -> StoreResult:
+    # --- access ---------------------------------------------------------------------
+
+    def may_store(self, target: StowTarget, study_uid: str) -> bool:
+        """Whether the caller may store into ``study_uid``: decided (and audited) at
+        the request's first instance of the study, remembered for the rest."""
+        with target.lock:
+            known = target.decided.get(study_uid)
+            if known is None:
+                known = target.decided[study_uid] = self._decide(target.principal, study_uid)
+            return known
+
+    def _decide(self, principal: Principal | None, study_uid: str) -> bool:
+        if principal is None:
+            return False
+        with self.archive.engine.connect() as conn:
+            owners = study_facts(conn, [study_uid])[study_uid].owner_org_pks
+        if owners:
+            return study_uid in self.archive.gate.authorise(principal, "store", [study_uid]).allowed
+        # a new study: the caller's organisation's own
+        allowed = principal.org_pk is not None and principal.kind != "share-link" and bool(principal.roles & _STORING_ROLES)
+        self.archive.gate.audit(
+            AuditEvent("store", principal, outcome="allowed" if allowed else "denied", study_uid=study_uid,
+                       owner_org=principal.org_code, purpose="TREAT" if allowed else None,
+                       outcome_detail="" if allowed else "this caller may not start a study")
+        )  # fmt: skip
+        return allowed
+
+    def _refused(self, target: StowTarget, uids: dict[str, str]) -> Outcome | None:
+        if not uids["StudyInstanceUID"] or self.may_store(target, uids["StudyInstanceUID"]):
+            return None
+        return Outcome(uids["SOPClassUID"], uids["SOPInstanceUID"], failure=NOT_AUTHORISED,
+                       reason="not authorised to store into this study")  # fmt: skip
+
+    def _store_source(self, source: Path | bytes, owner: Organisation | None) -> StoreResult:
         if isinstance(source, bytes):
-            store_bytes = getattr(self.archive, "store_bytes", None)
-            if store_bytes is not None:
-                return store_bytes(source)
-            return self.archive.store_stream(BytesIO(source))
-        return self.archive.store_file(source)
+            return self.archive.store_bytes(source, owner=owner)
+        return self.archive.store_file(source, owner=owner)
 
     # --- application/dicom+json -------------------------------------------------------
 
-    def _store_json_parts(self, json_parts: list[_Received], bulk_parts: list[_Received], study: str | None) -> list[Outcome]:
+    def _store_json_parts(self, json_parts: list[_Received], bulk_parts: list[_Received], target: StowTarget) -> list[Outcome]:
         bulk = {}
         for part in bulk_parts:
             location = part.headers.get("content-location")
@@ -437,17 +516,17 @@ class StowService:
                 outcomes.append(Outcome(failure=0xC000, reason="a metadata part is not valid JSON"))
                 continue
             for document in documents if isinstance(documents, list) else [documents]:
-                outcomes.append(self._store_json_dataset(document, bulk, study))
+                outcomes.append(self._store_json_dataset(document, bulk, target))
         return outcomes
 
-    def _store_json_dataset(self, document: Any, bulk: dict[str, _Received], study: str | None) -> Outcome:
+    def _store_json_dataset(self, document: Any, bulk: dict[str, _Received], target: StowTarget) -> Outcome:
         uids = {k: "" for k in _UID_TAGS}
         if isinstance(document, dict):
             for keyword, tag in (("SOPClassUID", "00080016"), ("SOPInstanceUID", "00080018"),
                                  ("StudyInstanceUID", "0020000D"), ("SeriesInstanceUID", "0020000E")):  # fmt: skip
                 value = (document.get(tag) or {}).get("Value") or [""]
                 uids[keyword] = str(value[0])
-        if study is not None and uids["StudyInstanceUID"] != study:
+        if target.study is not None and uids["StudyInstanceUID"] != target.study:
             return Outcome(uids["SOPClassUID"], uids["SOPInstanceUID"], failure=STUDY_MISMATCH,
                            reason="the instance belongs to another study than the request's")  # fmt: skip
         try:
@@ -457,7 +536,9 @@ class StowService:
         except Exception as exc:  # noqa: BLE001 - a data set pydicom cannot build
             return Outcome(uids["SOPClassUID"], uids["SOPInstanceUID"], failure=0xC000,
                            reason=f"cannot build a DICOM object from the JSON: {type(exc).__name__}")  # fmt: skip
-        return _outcome(uids, self._store_source(data))
+        if refused := self._refused(target, uids):
+            return refused
+        return _outcome(uids, self._store_source(data, target.owner))
 
 
 async def _done_coroutine(value: list[Outcome]) -> list[Outcome]:

@@ -11,6 +11,9 @@
   on its bytes (RFC 9110 14).
 
 Rendered and thumbnail resources live in rendered.py.
+
+Access (guard.py): the objects themselves (``application/dicom``, zip) need
+the download right, frames and bulk data the view right; a refused study is 403.
 """
 
 from __future__ import annotations
@@ -26,11 +29,21 @@ from typing import BinaryIO
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from ...core.archive import Archive
 from ...core.ingest import is_valid_uid
-from ...core.transcode import TranscodeError, can_decode, can_encode, encode_frame, transcode
+from ...core.transcode import (
+    TranscodeError,
+    can_decode,
+    can_encode,
+    encode_frame,
+    transcode,
+)
 from ...index.catalog import StoredInstance
 from ...index.retrieval import RetrieveRequest
 from . import multipart
@@ -48,6 +61,7 @@ from .accept import (
 )
 from .errors import DicomWebError
 from .frames import PIXEL_DATA, FrameError, StoredObject, open_stored, parse_frame_list
+from .guard import authorise_study
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +102,20 @@ def resolve(archive: Archive, study: str, series: str | None = None, sop: str | 
         what = {"STUDY": "study", "SERIES": "series in this study", "IMAGE": "instance in this series and study"}
         raise DicomWebError(404, f"no {what[level]} with this UID is stored")
     return found
+
+
+def resolve_for(
+    archive: Archive, request: Request, action: str, study: str, series: str | None = None, sop: str | None = None
+) -> list[StoredInstance]:
+    """:func:`resolve` after the gate allowed ``action`` on the study (guard.py):
+    a refused study is 403 whether it exists or not; 404 only inside an allowed one."""
+    check_uid(study, "the Study Instance UID")
+    if series is not None:
+        check_uid(series, "the Series Instance UID")
+    if sop is not None:
+        check_uid(sop, "the SOP Instance UID")
+    authorise_study(archive, request, action, study)
+    return resolve(archive, study, series, sop)
 
 
 @contextmanager
@@ -588,19 +616,23 @@ def create_router(archive: Archive) -> APIRouter:
 
     @router.get("/studies/{study}", summary="Retrieve a study (PS3.18 10.4)")
     def retrieve_study(request: Request, study: str) -> Response:
-        return retrieve_instances(archive, request, resolve(archive, study), "this study")
+        return retrieve_instances(archive, request, resolve_for(archive, request, "download", study), "this study")
 
     @router.get("/studies/{study}/series/{series}", summary="Retrieve a series (PS3.18 10.4)")
     def retrieve_series(request: Request, study: str, series: str) -> Response:
-        return retrieve_instances(archive, request, resolve(archive, study, series), "this series")
+        return retrieve_instances(
+            archive, request, resolve_for(archive, request, "download", study, series), "this series"
+        )
 
     @router.get(INSTANCE, summary="Retrieve an instance (PS3.18 10.4)")
     def retrieve_instance(request: Request, study: str, series: str, sop: str) -> Response:
-        return retrieve_instances(archive, request, resolve(archive, study, series, sop), "this instance")
+        return retrieve_instances(
+            archive, request, resolve_for(archive, request, "download", study, series, sop), "this instance"
+        )
 
     @router.get(INSTANCE + "/frames/{frame_list}", summary="Retrieve frames (PS3.18 10.4.1.1.6)")
     def retrieve_frames(request: Request, study: str, series: str, sop: str, frame_list: str) -> Response:
-        stored = resolve(archive, study, series, sop)[0]
+        stored = resolve_for(archive, request, "view", study, series, sop)[0]
         entries = acceptable_or_400(request)
         stream = open_stream(archive, stored)
         try:
@@ -631,7 +663,7 @@ def create_router(archive: Archive) -> APIRouter:
     @router.get(INSTANCE + "/bulk/{tag}", summary="Retrieve bulk data (PS3.18 10.4.1.1.3)")
     def retrieve_bulkdata(request: Request, study: str, series: str, sop: str, tag: str) -> Response:
         number = parse_tag(tag)
-        stored = resolve(archive, study, series, sop)[0]
+        stored = resolve_for(archive, request, "view", study, series, sop)[0]
         return retrieve_bulk(archive, request, stored, number)
 
     from . import rendered

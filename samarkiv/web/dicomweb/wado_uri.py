@@ -7,6 +7,10 @@ One instance per request, named by ``studyUID``, ``seriesUID`` and
 ``region``, ``windowCenter``/``windowWidth``, ``imageQuality``), or an
 object's own document or video type (``application/pdf``, ``video/mp4``).
 Mounted at the application root, not under the DICOMweb root.
+
+Access (guard.py): ``application/dicom`` (the object itself) needs the
+download right, a rendered image or document the view right; the study is
+authorised (and audited) before anything is looked up, a refusal is 403.
 """
 
 from __future__ import annotations
@@ -18,8 +22,15 @@ from fastapi.responses import Response, StreamingResponse
 
 from ...core.archive import Archive
 from ...core.transcode import TranscodeError, can_decode, can_encode
-from .accept import DICOM, Acceptable, AcceptError, media_type_matches, parse_media_range
+from .accept import (
+    DICOM,
+    Acceptable,
+    AcceptError,
+    media_type_matches,
+    parse_media_range,
+)
 from .errors import DicomWebError
+from .guard import authorise_study
 from .multipart import file_chunks, part_content_type
 from .rendered import (
     IMAGE_TYPES,
@@ -30,7 +41,15 @@ from .rendered import (
     parse_quality,
     rendered_instance,
 )
-from .wado import NOT_ON_THE_WEB, check_uid, instance_target, open_object, open_stream, resolve, transcoded
+from .wado import (
+    NOT_ON_THE_WEB,
+    check_uid,
+    instance_target,
+    open_object,
+    open_stream,
+    resolve,
+    transcoded,
+)
 
 # Parameters of the rendered form only (PS3.18 Table 9.5.1-1): not with application/dicom.
 _RENDER_ONLY = ("frameNumber", "rows", "columns", "region", "windowCenter", "windowWidth", "imageQuality", "annotation")
@@ -111,9 +130,11 @@ def create_router(archive: Archive) -> APIRouter:
             raise DicomWebError(400, "anonymize=yes is not supported by this archive")
         wanted = _content_types(_param(request, "contentType"))
         syntax = _param(request, "transferSyntax")
+        as_dicom = bool(wanted and wanted[0] == DICOM or (not wanted and syntax))
+        authorise_study(archive, request, "download" if as_dicom else "view", study)  # type: ignore[arg-type]
         stored = resolve(archive, study, series, sop)[0]  # type: ignore[arg-type]
 
-        if wanted and wanted[0] == DICOM or (not wanted and syntax):
+        if as_dicom:
             present = [name for name in _RENDER_ONLY if _param(request, name) is not None]
             if present:
                 raise DicomWebError(400, f"{', '.join(present)} cannot be used with contentType=application/dicom")
@@ -129,6 +150,7 @@ def create_router(archive: Archive) -> APIRouter:
                 raise DicomWebError(400, f"frameNumber {frame} does not name a frame of this object")
         if kind == "other":
             if not wanted or DICOM in wanted:
+                authorise_study(archive, request, "download", stored.study_instance_uid)
                 return _dicom(archive, stored, None)  # no rendered form: the object itself
             raise DicomWebError(406, "this object has no rendered form; ask for contentType=application/dicom")
         if not wanted:

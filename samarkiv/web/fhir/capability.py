@@ -63,6 +63,15 @@ def capability_statement(base: str, published: str) -> dict[str, Any]:
                                 "system|value: urn:oid:<issuer OID> (national numbers, issuers with an OID) "
                                 "or urn:samarkiv:issuer:<Issuer of Patient ID>.",
                             ),
+                            _param(
+                                "name", "string", "Patient-name",
+                                "A family or given name starting with the value (case-insensitive); "
+                                ":exact and :contains modifiers.",
+                            ),
+                            _param("family", "string", "individual-family", "The family name (as name)."),
+                            _param("given", "string", "individual-given", "A given or middle name (as name)."),
+                            _param("birthdate", "date", "individual-birthdate", "Birth date, with prefixes."),
+                            _param("gender", "token", "individual-gender", "male, female or other."),
                         ],
                     ),
                     _resource(

@@ -20,10 +20,16 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
+from ...access.http import principal_of
+from ...access.principal import Principal
+
 FHIR_JSON = "application/fhir+json"
 
 # FHIR R4 valueset-issue-type codes used here.
-ISSUE_CODE_BY_STATUS = {400: "invalid", 404: "not-found", 405: "not-supported", 406: "not-supported", 500: "exception"}
+ISSUE_CODE_BY_STATUS = {
+    400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported", 406: "not-supported",
+    500: "exception",
+}  # fmt: skip
 
 
 class FhirError(Exception):
@@ -37,6 +43,14 @@ class FhirError(Exception):
         self.diagnostics = diagnostics
         self.code = code or ISSUE_CODE_BY_STATUS.get(status, "processing")
         self.headers = headers or {}
+
+
+def caller(request: Request) -> Principal:
+    """The authenticated principal of a FHIR request (samarkiv/access/http.py); 401 without one."""
+    principal = principal_of(request)
+    if principal is None:
+        raise FhirError(401, "authentication required", headers={"WWW-Authenticate": 'Bearer realm="samarkiv"'})
+    return principal
 
 
 def operation_outcome(diagnostics: str, code: str, severity: str = "error") -> dict[str, Any]:

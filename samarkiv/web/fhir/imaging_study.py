@@ -24,6 +24,12 @@ MPI: every identifier of the person, at every organisation), ``started``
 (date, to the day), ``modality`` and ``series`` (tokens). Everything is read
 from the catalogue; no object is opened. :func:`search_studies` and
 :func:`read_study` are the only functions here that see patient data.
+
+Access (issue 5, samarkiv/access/gate.py): a search ANDs the caller's
+visibility condition into its SQL (one ``query`` audit record), so hidden
+studies are neither listed nor counted in ``total``; a read is one ``view``
+decision on the study (audited, allowed or denied), and a refused study is
+404 like an unknown one (FHIR R4 security.html: reveal nothing).
 """
 
 from __future__ import annotations
@@ -33,16 +39,37 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import ColumnElement, Connection, Select, and_, exists, false, func, not_, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    exists,
+    false,
+    func,
+    or_,
+    select,
+)
 
+from ...access.principal import Principal
 from ...core.archive import Archive
-from ...identity.patients import current_person, UnknownPerson
+from ...core.ingest import is_valid_uid
+from ...identity.patients import UnknownPerson, current_person
 from ...index.identity_schema import patient_identifiers, persons
 from ...index.schema import instances, patients, series, studies
 from .bundle import searchset
-from .errors import FhirError, FhirRoute, fhir_json
+from .errors import FhirError, FhirRoute, caller, fhir_json
 from .patient import fhir_date, person_pks_with_identifier
-from .search import DateRange, SearchRequest, Token, negotiate, parse_date, parse_search, parse_token, request_parameters, unescape
+from .search import (
+    SearchRequest,
+    Token,
+    date_condition,
+    negotiate,
+    parse_search,
+    parse_token,
+    request_parameters,
+    unescape,
+)
 from .systems import canonical_of, issuer_organisations, system_of
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -122,22 +149,7 @@ def _study_identifier(token: Token) -> ColumnElement[bool]:
 
 
 def _started(value: str) -> ColumnElement[bool]:
-    r: DateRange = parse_date("started", value)
-    d = studies.c.study_date
-    low, high = d >= r.low, d < r.high
-    match r.prefix:
-        case "eq" | "ap":
-            return and_(low, high)
-        case "ne":
-            return and_(d.isnot(None), not_(and_(low, high)))
-        case "gt" | "sa":
-            return d >= r.high
-        case "lt" | "eb":
-            return d < r.low
-        case "ge":
-            return low
-        case _:  # le
-            return high
+    return date_condition(studies.c.study_date, "started", value)
 
 
 def _series_has(condition: ColumnElement[bool]) -> ColumnElement[bool]:
@@ -335,9 +347,12 @@ def study_resources(conn: Connection, rows: list[Any], dicomweb_base: str) -> li
 # --- data access (the functions access control will gate) ---------------------------------
 
 
-def search_studies(conn: Connection, search: SearchRequest, dicomweb_base: str) -> tuple[int, list[dict[str, Any]]]:
-    """The number of studies matching ``search`` and the ImagingStudies of its page."""
-    where = _conditions(conn, search)
+def search_studies(
+    conn: Connection, search: SearchRequest, dicomweb_base: str, visible: ColumnElement[bool] | None = None
+) -> tuple[int, list[dict[str, Any]]]:
+    """The number of studies matching ``search`` and the ImagingStudies of its page;
+    ``visible``: the caller's condition on ``studies``/``patients`` (None: all)."""
+    where = _conditions(conn, search) + ([visible] if visible is not None else [])
     total = conn.execute(
         select(func.count()).select_from(studies.join(patients, patients.c.pk == studies.c.patient_pk)).where(*where)
     ).scalar_one()
@@ -365,27 +380,33 @@ def create_router(archive: Archive) -> APIRouter:
     def dicomweb_base(request: Request) -> str:
         return str(request.base_url).rstrip("/") + root
 
-    def run_search(search: SearchRequest, base: str) -> tuple[int, list[dict[str, Any]]]:
+    def run_search(search: SearchRequest, base: str, principal: Principal) -> tuple[int, list[dict[str, Any]]]:
+        detail = {"door": "FHIR", "resource": "ImagingStudy", "params": [list(p) for p in search.params]}
+        visible = archive.gate.query_condition(principal, "STUDY", detail=detail)
         with archive.engine.connect() as conn:
-            return search_studies(conn, search, base)
+            return search_studies(conn, search, base, visible)
 
     async def search_route(request: Request) -> Response:
+        principal = caller(request)
         items = await request_parameters(request)
         search = parse_search(request, "ImagingStudy", SEARCH_PARAMETERS, items)
-        total, resources = await run_in_threadpool(run_search, search, dicomweb_base(request))
+        total, resources = await run_in_threadpool(run_search, search, dicomweb_base(request), principal)
         return fhir_json(searchset(search, total, resources), pretty=search.pretty)
 
     router.add_api_route("/ImagingStudy", search_route, methods=["GET"], include_in_schema=False)
     router.add_api_route("/ImagingStudy/_search", search_route, methods=["POST"], include_in_schema=False)
 
-    def run_read(resource_id: str, base: str) -> dict[str, Any] | None:
+    def run_read(resource_id: str, base: str, principal: Principal) -> dict[str, Any] | None:
+        if not is_valid_uid(resource_id) or resource_id not in archive.gate.authorise(principal, "view", [resource_id]).allowed:
+            return None
         with archive.engine.connect() as conn:
             return read_study(conn, resource_id, base)
 
     @router.get("/ImagingStudy/{resource_id}", include_in_schema=False)
     async def read_route(resource_id: str, request: Request) -> Response:
+        principal = caller(request)
         pretty = negotiate(request, list(request.query_params.multi_items()))
-        resource = await run_in_threadpool(run_read, resource_id, dicomweb_base(request))
+        resource = await run_in_threadpool(run_read, resource_id, dicomweb_base(request), principal)
         if resource is None:
             raise FhirError(404, f"ImagingStudy/{resource_id} is not known")
         return fhir_json(resource, pretty=pretty)

@@ -18,9 +18,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import Request
+from sqlalchemy import ColumnElement, and_, not_
 
 from .errors import FhirError
 
@@ -237,3 +239,23 @@ def parse_date(name: str, value: str) -> DateRange:
     except ValueError:
         raise FhirError(400, f"{name}: {value!r} is not a calendar date") from None
     return DateRange(match["prefix"] or "eq", f"{start:%Y%m%d}", f"{end:%Y%m%d}")
+
+
+def date_condition(column: Any, name: str, value: str) -> ColumnElement[bool]:
+    """SQL for a date search value on a DICOM DA column (search.html#prefix);
+    ``ap`` is taken as ``eq``, ``sa``/``eb`` as ``gt``/``lt`` (a DA is one day)."""
+    r = parse_date(name, value)
+    low, high = column >= r.low, column < r.high
+    match r.prefix:
+        case "eq" | "ap":
+            return and_(low, high)
+        case "ne":
+            return and_(column.isnot(None), not_(and_(low, high)))
+        case "gt" | "sa":
+            return column >= r.high
+        case "lt" | "eb":
+            return column < r.low
+        case "ge":
+            return low
+        case _:  # le
+            return high

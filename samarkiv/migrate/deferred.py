@@ -1,0 +1,212 @@
+"""Migration pulls acknowledged before their commit: the one exception to fsync-before-ack.
+
+Everywhere else a C-STORE is answered only once the object and its index rows
+are durable (docs/architecture.md, "A store"). A migration pull may be
+answered as soon as its bytes are received, because nothing can be lost:
+
+- the source keeps every object (a migration never changes or deletes there);
+- the job records an instance as migrated only after reading it from the
+  index, i.e. after its commit (runner.py ``_found``);
+- verification compares the index with the source.
+
+A crash between the answer and the commit therefore leaves the instance
+``pending`` and the resumed job pulls it again.
+
+``DeferredStores`` queues them (bounded: backpressure on the association)
+and commits what waits, up to 64 objects at a time, in one transaction and
+one WAL sync (core/archive.py ``store_batch``, index/catalog.py
+``add_instances``, the group commit's savepoint-per-object batch).
+``MigrationIntake`` is what ``serve`` asks for C-STORE sub-operations of a
+C-MOVE (PS3.7 9.1.1.1.9, Move Originator Application Entity Title
+(0000,1030)): only an originator that is the calling AE title of a DIMSE
+migration job in state ``running`` is deferred; every other store keeps
+the fsync-before-ack rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from ..core.archive import Archive
+
+log = logging.getLogger(__name__)
+
+RUNNING_CACHE_SECONDS = 3.0  # how long serve trusts its list of running migrations
+GROUP = 64  # objects per grouped commit at most
+LINGER = 0.05  # seconds a group waits for more objects at most
+LULL = 0.005  # ... or this long without a new arrival
+T = TypeVar("T")
+
+
+class DeferredStores(Generic[T]):
+    """Objects stored in groups by ``threads`` committer threads, behind a bounded queue.
+
+    ``submit`` returns at once, blocking only while ``max_bytes`` (or ``depth``
+    objects) wait: backpressure on the association. A committer gathers up to
+    ``group`` objects (waiting at most LINGER for them, and no longer once
+    LULL passes without an arrival or someone drains) and hands them to
+    ``store_group``: one commit, one WAL sync (Archive.store_batch). ``drain`` waits until everything
+    submitted so far is committed or rejected.
+    """
+
+    def __init__(self, store_group: Callable[[list[T]], Any], *, group: int = GROUP, depth: int = 4 * GROUP,
+                 max_bytes: int = 64 << 20, threads: int = 1, lull: float = LULL, name: str = "migrate-store") -> None:  # fmt: skip
+        self.store_group = store_group
+        self.lull = lull
+        self.group, self.depth, self.max_bytes = group, depth, max_bytes
+        self.failures = 0
+        self._queue: deque[tuple[T, int]] = deque()
+        self._bytes = 0
+        self._busy = 0  # groups being stored
+        self._closed = False
+        self._hurry = 0  # callers waiting in drain()
+        self._last_arrival = 0.0
+        self._cond = threading.Condition()
+        self._threads = [threading.Thread(target=self._loop, name=f"{name}-{n}", daemon=True) for n in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, item: T, size: int = 0) -> None:
+        """Queue ``item`` (``size`` bytes) for the next group."""
+        with self._cond:
+            while self._queue and (len(self._queue) >= self.depth or self._bytes + size > self.max_bytes):
+                self._cond.wait()
+            if self._closed:
+                raise RuntimeError("deferred stores closed")
+            self._queue.append((item, size))
+            self._bytes += size
+            self._last_arrival = time.monotonic()
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                # gather a group: up to ``group`` objects, at most LINGER after the first,
+                # and at once after a LULL without arrivals or when someone drains
+                first = time.monotonic()
+                while len(self._queue) < self.group and not self._closed and not self._hurry:
+                    now = time.monotonic()
+                    left = min(first + LINGER - now, self._last_arrival + self.lull - now)
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                taken = [self._queue.popleft() for _ in range(min(self.group, len(self._queue)))]
+                self._bytes -= sum(size for _item, size in taken)
+                self._busy += 1
+                self._cond.notify_all()
+            try:
+                self.store_group([item for item, _size in taken])
+            except Exception:  # noqa: BLE001 - the objects stay missing and are pulled again
+                self.failures += 1
+                log.exception("a deferred migration group of %d failed (the job pulls them again)", len(taken))
+            finally:
+                with self._cond:
+                    self._busy -= 1
+                    self._cond.notify_all()
+
+    def drain(self) -> None:
+        """Wait until every object submitted so far is stored."""
+        with self._cond:
+            self._hurry += 1
+            self._cond.notify_all()
+            try:
+                while self._queue or self._busy:
+                    self._cond.wait()
+            finally:
+                self._hurry -= 1
+
+    def finish(self) -> None:
+        """Drain, then stop the committer threads."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join()
+
+
+class MigrationIntake:
+    """``serve``'s side of C-MOVE migration pulls (see the module docstring)."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self._running: tuple[float, frozenset[str]] = (0.0, frozenset())
+        self._lock = threading.Lock()
+        self._stores: DeferredStores | None = None
+
+    def running_aets(self) -> frozenset[str]:
+        """Calling AE titles of the DIMSE migration jobs now running, cached a few seconds."""
+        now = time.monotonic()
+        stamp, aets = self._running
+        if now - stamp < RUNNING_CACHE_SECONDS:
+            return aets
+        with self._lock:
+            if now - self._running[0] < RUNNING_CACHE_SECONDS:
+                return self._running[1]
+            try:
+                aets = frozenset(_running_migration_aets(self.archive))
+            except Exception as exc:  # noqa: BLE001 - no answer: nobody is deferred
+                log.warning("cannot read the migration jobs: %s", exc)
+                aets = frozenset()
+            if aets - self._running[1]:
+                log.info("C-STORE sub-operations of the C-MOVE migrations of %s: answered before their grouped commit",
+                         ", ".join(sorted(aets)))  # fmt: skip
+            self._running = (now, aets)
+            return aets
+
+    def accepts(self, move_originator: object) -> bool:
+        """Whether a C-STORE with this Move Originator AE Title may be answered before its commit."""
+        aet = str(move_originator or "").strip()
+        return bool(aet) and aet in self.running_aets()
+
+    def submit(self, data: bytes, source_aet: str | None, uid: str | None, sop_class: str | None) -> None:
+        """Queue one received object for the grouped commit (the caller answers Success at once)."""
+        with self._lock:
+            if self._stores is None:
+                # no drain at the end of a C-MOVE here: a shorter lull ends its last group
+                self._stores = DeferredStores(self._store_group, lull=0.002, name="move-intake")
+        self._stores.submit((data, source_aet, uid, sop_class), len(data))
+
+    def _store_group(self, items: list[tuple[bytes, str | None, str | None, str | None]]) -> None:
+        by_sender: dict[str | None, list[tuple[bytes, str | None, str | None]]] = {}
+        for data, source_aet, uid, sop_class in items:
+            by_sender.setdefault(source_aet, []).append((data, uid, sop_class))
+        for source_aet, group in by_sender.items():
+            self.archive.store_batch(group, source_aet=source_aet)
+
+    def drain(self) -> None:
+        if self._stores is not None:
+            self._stores.drain()
+
+
+def _running_migration_aets(archive: Archive) -> set[str]:
+    from .job import JobStore
+
+    return {
+        str(job.options.get("calling_aet") or "SAMARKIV-MIG").strip()
+        for job in JobStore(archive.engine).jobs()
+        if job.state == "running" and job.source_kind == "dimse" and job.options.get("mode", "move") == "move"
+    }
+
+
+_intakes: weakref.WeakKeyDictionary[Archive, MigrationIntake] = weakref.WeakKeyDictionary()
+_intakes_lock = threading.Lock()
+
+
+def intake_for(archive: Archive) -> MigrationIntake:
+    """The archive's one intake (created on first use)."""
+    with _intakes_lock:
+        intake = _intakes.get(archive)
+        if intake is None:
+            intake = _intakes[archive] = MigrationIntake(archive)
+        return intake

@@ -1,0 +1,131 @@
+"""The migration exception to fsync-before-ack (samarkiv/migrate/deferred.py).
+
+A migration pull is answered before its grouped commit, and a SIGKILL of the
+migrating process (C-GET) or of it and ``serve`` (C-MOVE) mid-pull still ends,
+after a resume, with exactly the source's content and a clean verification.
+Every other C-STORE, including one naming another move originator, is still
+answered only after its commit.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _dcmqrscp import LEGACY_AET, legacy_storage, start_legacy  # noqa: F401 - fixtures
+from test_migrate_dimse import _assert_holds_exactly, _open, _status
+
+MIGRATOR = "SAMARKIV-MIG"
+
+
+def _run_killed(server, name: str, also_kill=None) -> int:  # type: ignore[no-untyped-def]
+    """Start ``migrate run``; SIGKILL it (and ``also_kill``) once 3 studies are done; the studies done then."""
+    cmd = [sys.executable, "-m", "samarkiv", "migrate", "run", name, "--no-progress",
+           "--data", str(server.data), "--index-url", server.index_url]  # fmt: skip
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    done = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        done = _status(server, name)["studies"].get("done", 0)
+        if done >= 3:
+            break
+        time.sleep(0.2)
+    process.kill()  # SIGKILL: no cleanup at all
+    if also_kill is not None:
+        also_kill.kill()
+    process.wait()
+    return done
+
+
+def _resume_and_check(server, name: str, legacy) -> None:  # type: ignore[no-untyped-def]
+    server.cli("migrate", "run", name, "--no-progress")
+    status = _status(server, name)
+    assert status["studies"] == {"done": 18}
+    assert status["instances"] == {"migrated": len(legacy.files)}
+    _assert_holds_exactly(server, legacy.files)
+    assert "verified 18/18 studies" in (out := server.cli("migrate", "verify", name).stdout)
+    assert "0 missing, 0 mismatched" in out
+
+
+def test_cget_killed_mid_pull_resumes_to_the_exact_source(make_archive, start_legacy) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    server = make_archive(start=False)
+    legacy = start_legacy()
+    server.cli(
+        "migrate", "add", "get-kill", "--source", "dimse", "--host", "127.0.0.1", "--port", str(legacy.port),
+        "--called-aet", LEGACY_AET, "--mode", "get", "--associations", "2", "--max-rate", "80",
+    )  # fmt: skip
+    done = _run_killed(server, "get-kill")
+    assert 3 <= done < 18, "the run should be killed part-way"
+    _resume_and_check(server, "get-kill", legacy)
+
+
+def test_cmove_killed_with_serve_mid_pull_resumes_to_the_exact_source(make_archive, start_legacy) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    server = make_archive()
+    legacy = start_legacy({server.aet: ("127.0.0.1", server.dicom_port)})
+    server.cli(
+        "migrate", "add", "move-kill", "--source", "dimse", "--host", "127.0.0.1", "--port", str(legacy.port),
+        "--called-aet", LEGACY_AET, "--calling-aet", MIGRATOR, "--mode", "move", "--move-aet", server.aet,
+        "--associations", "2", "--max-rate", "80",
+    )  # fmt: skip
+    done = _run_killed(server, "move-kill", also_kill=server)
+    assert 3 <= done < 18, "the run should be killed part-way"
+    # serve took the migration's sub-operations through the deferred path
+    assert f"migrations of {MIGRATOR}: answered before their grouped commit" in server.log.read_text()
+    server.start()
+    _resume_and_check(server, "move-kill", legacy)
+
+
+def _send(port: int, files: list[Path], originator: str | None) -> list[str]:
+    """C-STORE each file (Move Originator AE Title ``originator``); the SOP Instance UIDs answered Success."""
+    from pydicom import dcmread
+    from pynetdicom import AE, StoragePresentationContexts
+
+    ae = AE(ae_title="MODALITY")
+    ae.requested_contexts = StoragePresentationContexts
+    assoc = ae.associate("127.0.0.1", port, ae_title="SAMARKIV")
+    assert assoc.is_established
+    acknowledged = []
+    try:
+        for path in files:
+            ds = dcmread(path)
+            status = assoc.send_c_store(ds, originator_aet=originator, originator_id=7 if originator else None)
+            if status and status.Status == 0x0000:
+                acknowledged.append(str(ds.SOPInstanceUID))
+    finally:
+        assoc.abort()
+    return acknowledged
+
+
+def test_ordinary_stores_are_still_answered_after_their_commit(make_archive, legacy_storage) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from samarkiv.migrate.deferred import MigrationIntake
+    from samarkiv.migrate.job import JobStore
+
+    server = make_archive()
+    _storage, files = legacy_storage
+    archive = _open(server)
+    try:
+        jobs = JobStore(archive.engine, archive.catalog.writer)
+        job = jobs.create("running-move", "dimse", {"host": "127.0.0.1", "port": 1, "calling_aet": MIGRATOR,
+                                                     "mode": "move", "move_aet": server.aet})  # fmt: skip
+        jobs.set_job(job, state="running")
+        intake = MigrationIntake(archive)
+        assert intake.accepts(MIGRATOR)
+        assert not intake.accepts("OTHER-AE") and not intake.accepts("") and not intake.accepts(None)
+        jobs.set_job(job, state="done")
+        assert not MigrationIntake(archive).accepts(MIGRATOR)  # only while the job runs
+        jobs.set_job(job, state="running")
+    finally:
+        archive.close()
+
+    half = len(files) // 2
+    acknowledged = _send(server.dicom_port, files[:half], None) + _send(server.dicom_port, files[half:], "OTHER-AE")
+    server.kill()  # SIGKILL the moment the last answer is in: each answered store must be committed
+    assert len(acknowledged) == len(files)
+    archive = _open(server)
+    try:
+        stored = archive.catalog.instances_by_uid(acknowledged)
+    finally:
+        archive.close()
+    assert set(stored) == set(acknowledged)
