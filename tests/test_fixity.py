@@ -13,6 +13,7 @@ from sqlalchemy import select
 from _lifecycle import bucket_keys, make_sample, open_archive, read, store, tiered_config
 from _seaweedfs import SeaweedS3, seaweedfs  # noqa: F401 (fixture)
 from conftest import run_cli
+from samarkiv.index.audit_schema import audit_events
 from samarkiv.index.lifecycle_schema import fixity_events, lifecycle_copies
 from samarkiv.lifecycle.fixity import FixityChecker
 from samarkiv.lifecycle.mover import LifecycleRunner
@@ -68,6 +69,12 @@ def test_fixity_finds_corruption_and_repairs_from_the_replica(tmp_path: Path, in
         events = conn.execute(select(fixity_events.c.outcome, fixity_events.c.sop_instance_uid, fixity_events.c.tier)).all()
     assert ("corrupt", samples[0].uid, "short") in events and ("repaired", samples[0].uid, "short") in events
     assert ("corrupt", samples[1].uid, "replica") in events and ("repaired", samples[1].uid, "replica") in events
+    archive.audit.flush()
+    with archive.engine.connect() as conn:
+        alerts = conn.execute(
+            select(audit_events.c.outcome_detail, audit_events.c.instance_uid).where(audit_events.c.action == "fixity")
+        ).all()
+    assert {("corrupt", samples[0].uid), ("repaired", samples[0].uid), ("repaired", samples[1].uid)} <= set(alerts)
     metrics = generate_latest(archive.metrics.registry).decode()
     assert 'samarkiv_fixity_events_total{outcome="repaired"} 2.0' in metrics
     assert 'samarkiv_fixity_events_total{outcome="corrupt"} 2.0' in metrics

@@ -44,7 +44,8 @@ def test_refused_associations_are_retried_to_a_complete_migration(make_archive, 
 def test_retries_that_run_out_leave_failed_rows_with_the_reason(make_archive, start_legacy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     server = make_archive(start=False)
     legacy = start_legacy(max_associations=1)
-    _add(server, "held", legacy, "--associations", "1", "--retries", "1", "--backoff", "0.3")
+    # a second left to dcmqrscp's previous child to exit between associations, even on a loaded machine
+    _add(server, "held", legacy, "--associations", "1", "--retries", "1", "--backoff", "1.0")
     server.cli("migrate", "plan", "held")  # the plan is known: 18 studies, every instance listed
     assert _status(server, "held")["instances"] == {"pending": len(legacy.files)}
 

@@ -28,6 +28,7 @@ EVENTS: dict[str, tuple[str, str, str, tuple[str, str] | None]] = {
     "logout": ("110114", "User Authentication", "E", ("110123", "Logout")),
     "review": ("110101", "Audit Log Used", "R", None),
     "audit-read": ("110101", "Audit Log Used", "R", None),
+    "fixity": ("110113", "Security Alert", "E", None),  # a stored object found corrupt, missing or repaired
 }
 
 # outcome -> RFC 3881 EventOutcomeIndicator / FHIR AuditEventOutcome

@@ -23,7 +23,7 @@ from ..access.principal import Principal
 # What is audited (issue 5): every access to patient data, and the security events around it.
 ACTIONS = (
     "query", "retrieve", "view", "download", "export", "store", "delete", "share", "break-glass",
-    "link", "merge", "unlink", "unmerge", "login", "logout", "review", "audit-read",
+    "link", "merge", "unlink", "unmerge", "login", "logout", "review", "audit-read", "fixity",
 )  # fmt: skip
 OUTCOMES = ("allowed", "denied", "error")
 

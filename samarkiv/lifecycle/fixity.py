@@ -1,7 +1,8 @@
 """Fixity: re-read stored objects, compare their SHA-256 with the index, repair.
 
 An object that is missing or does not hash to the index's SHA-256 is reported
-(``fixity_events``, and the ``samarkiv_fixity_events`` counter at /metrics);
+(``fixity_events``, the audit trail as security alerts, and the
+``samarkiv_fixity_events`` counter at /metrics);
 when a copy on another tier (a ``copy`` rule, e.g. a replica site) reads back
 with the right SHA-256, the object is written again from it under a new key
 on its tier, the index switched to it only if it still names the bad key, and
@@ -28,6 +29,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..core.archive import Archive
+from ..access.principal import SYSTEM
+from ..audit import AuditEvent
 from ..index.lifecycle_schema import fixity_events, lifecycle_copies
 from ..index.schema import archive_state, instances
 from ..storage.blobstore import sha256_of
@@ -282,6 +285,14 @@ class FixityChecker:
                 )  # fmt: skip
         except SQLAlchemyError as exc:
             log.error("cannot record a fixity event: %s", type(exc).__name__)
+        if outcome != "pass":  # and in the audit trail, as a security alert (PS3.15 A.5.3.11)
+            self.archive.audit.record(
+                AuditEvent(
+                    "fixity", SYSTEM, outcome="allowed" if outcome == "repaired" else "error",
+                    outcome_detail=outcome, instance_uid=row.sop_instance_uid if row else None,
+                    detail={"tier": tier_of(key, self.first) if key else None, "detail": detail or ""},
+                )  # fmt: skip
+            )
 
 
 def recent_events(archive: Archive, limit: int = 100) -> list[dict[str, Any]]:
