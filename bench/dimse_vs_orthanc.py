@@ -338,7 +338,7 @@ def phase_find_sqlite(ctx: Context) -> dict[str, Any]:
     data = root / "samarkiv-data"
     log(f"find-sqlite: filling samarkiv's SQLite index with {cat.studies:,} studies / {cat.instances:,} instances")
     fill = attempt(out, "samarkiv-fill", lambda: bdata.fill_samarkiv(f"sqlite:///{data / 'index.sqlite'}", cat,
-                                                                     metadata=not ctx.args.no_metadata, log=log))  # fmt: skip
+                                                                     metadata=not ctx.args.no_metadata, owners="default", log=log))  # fmt: skip
     if "error" not in fill:
         fill["index_bytes"] = (data / "index.sqlite").stat().st_size
         log(f"  filled in {fill['seconds']} s ({fill['index_bytes'] / 1e9:.1f} GB)")
@@ -430,7 +430,7 @@ def phase_find_postgres(ctx: Context) -> dict[str, Any]:
         return out
     try:
         log(f"find-postgres: filling {url.rsplit('/', 1)[1]} with {cat.studies:,} studies / {cat.instances:,} instances")
-        fill = attempt(out, "samarkiv-fill", lambda: bdata.fill_samarkiv(url, cat, metadata=not ctx.args.no_metadata, log=log))
+        fill = attempt(out, "samarkiv-fill", lambda: bdata.fill_samarkiv(url, cat, metadata=not ctx.args.no_metadata, owners="default", log=log))
         if "error" in fill:
             return out
         log(f"  filled in {fill['seconds']} s")

@@ -193,7 +193,7 @@ def sample_header_blob() -> bytes:
     return zlib.compress(parsed.header, 1) if parsed.header else b""
 
 
-def fill_samarkiv(url: str, cat: Catalogue, *, metadata: bool = True, batch: int = 20000, log=print, owners: bool = False) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def fill_samarkiv(url: str, cat: Catalogue, *, metadata: bool = True, batch: int = 20000, log=print, owners: bool | str = False) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Migrate the index at ``url`` and bulk-insert ``cat`` into it.
 
     ``owners``: set each instance's ``org_pk`` to its patient's organisation
@@ -282,7 +282,7 @@ def fill_samarkiv(url: str, cat: Catalogue, *, metadata: bool = True, batch: int
                             "rows": 128, "columns": 128, "transfer_syntax_uid": EXPLICIT_VR_LE,
                             "blob_key": f"bench/{instance_pk:09d}.dcm", "size": 39138,
                             "sha256": f"{instance_pk:064x}", "source_aet": "FILL", "stored_at": now,
-                            "metadata": blob, "org_pk": p % len(REGION_ISSUERS) + 1 if owners else None,
+                            "metadata": blob, "org_pk": _owner_pk(owners, p),
                         }  # fmt: skip
                     )
             if len(instance_rows) >= batch:
@@ -320,6 +320,17 @@ def fill_samarkiv(url: str, cat: Catalogue, *, metadata: bool = True, batch: int
     return counts
 
 
+DEFAULT_ORG_PK = len(REGION_ISSUERS) + 1  # the embedded default organisation, made by the fill
+
+
+def _owner_pk(owners: bool | str, p: int) -> int | None:
+    """instances.org_pk of patient ``p``'s objects: its organisation (owners=True),
+    the default organisation (owners="default": what any unknown AE acts for), or none."""
+    if owners == "default":
+        return DEFAULT_ORG_PK
+    return p % len(REGION_ISSUERS) + 1 if owners else None
+
+
 def _fill_identities(conn: Any, cat: Catalogue, now: datetime, batch: int) -> None:
     """The master patient index of the region: three organisations, a person
     per three local IDs, and each person's personnummer (identity_schema.py)."""
@@ -331,7 +342,8 @@ def _fill_identities(conn: Any, cat: Catalogue, now: datetime, batch: int) -> No
         {"pk": n + 1, "code": code, "name": f"Hospital {code}", "kind": "hospital", "issuer_of_patient_id": code,
          "source": "cli", "created_at": now, "updated_at": now}
         for n, code in enumerate(REGION_ISSUERS)
-    ])  # fmt: skip
+    ] + [{"pk": DEFAULT_ORG_PK, "code": "default", "name": "Default organisation", "kind": "hospital",
+          "issuer_of_patient_id": None, "source": "default", "created_at": now, "updated_at": now}])  # fmt: skip
     people: list[dict[str, Any]] = []
     identifiers: list[dict[str, Any]] = []
     for q in range(cat.persons):
