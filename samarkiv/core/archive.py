@@ -20,7 +20,7 @@ from enum import StrEnum
 from functools import cached_property, partial
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -455,18 +455,9 @@ class Archive:
             store, name = self._store_for(key)
             store.delete(name)
 
-    def _commit(
-        self,
-        parsed: ParsedInstance,
-        key: str,
-        size: int,
-        digest: str,
-        source_aet: str | None,
-        owner: Organisation,
-        replace: StoredInstance | None,
-        inline: bytes | None = None,
-    ) -> None:
-        self.catalog.add_instance(**self._commit_kwargs(parsed, key, size, digest, source_aet, owner, replace, inline))
+    def _commit(self, *args: Any, **kwargs: Any) -> None:
+        """Commit one parsed instance (arguments as :meth:`_commit_kwargs`)."""
+        self.catalog.add_instance(**self._commit_kwargs(*args, **kwargs))
 
     def _commit_kwargs(
         self,
