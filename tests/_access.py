@@ -227,7 +227,7 @@ class Region:
             return int(conn.execute(select(func.coalesce(func.max(audit_events.c.seq), 0))).scalar_one())
 
     def audit_rows(self, since: int = 0, *, expect: Callable[[list[dict]], bool] | None = None,
-                   timeout: float = 10.0) -> list[dict[str, Any]]:  # fmt: skip
+                   timeout: float = 30.0) -> list[dict[str, Any]]:  # fmt: skip
         """Audit rows after ``since`` (policy changes excluded), waiting up to ``timeout``
         for ``expect(rows)`` to hold (the archive appends in the background)."""
         from samarkiv.index.audit_schema import audit_events
