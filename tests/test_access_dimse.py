@@ -84,6 +84,7 @@ class Door:
     # pynetdicom with User Identity Negotiation (PS3.7 D.3.3.7): username and passcode
     def _associate(self, contexts: list[str], roles: list = (), handlers: list = ()):  # type: ignore[no-untyped-def]
         ae = AE(ae_title=self.aet)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120  # a loaded CI machine
         for cx in contexts:
             ae.add_requested_context(cx)
         ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
@@ -252,6 +253,7 @@ def test_some_studies_denied_are_failed_sub_operations(dimse_region: Region, tmp
         return 0x0000
 
     ae = AE(ae_title="SUCT")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120  # a loaded CI machine
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
     assoc = ae.associate("127.0.0.1", region.archive.dicom_port, ae_title=region.archive.aet,
@@ -278,6 +280,7 @@ def test_share_links_are_not_a_dimse_identity(dimse_region: Region):
         identity.user_identity_type = 5
         identity.primary_field = region.link_token.encode()
         ae = AE(ae_title="RADUS")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120  # a loaded CI machine
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         server = region.archive
         assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.aet, ext_neg=[identity])
