@@ -93,15 +93,14 @@ def _resolved(
         )
         return PatientScope(scoped, exact)
     pi = patient_identifiers
-    keys_of_person = list(
-        conn.execute(
-            select(pi.c.value, pi.c.issuer, pi.c.organisation_pk)
-            .where(pi.c.person_pk.in_(person_pks))
-            .order_by(pi.c.pk)
-        )
-    )
     local = None
-    if requester is not None:
-        local = next(((r.value, r.issuer) for r in keys_of_person if r.organisation_pk == requester.pk), None)
+    if requester is not None:  # the requester's own identifier for the person, to answer with
+        row = conn.execute(
+            select(pi.c.value, pi.c.issuer)
+            .where(pi.c.person_pk.in_(person_pks), pi.c.organisation_pk == requester.pk)
+            .order_by(pi.c.pk)
+            .limit(1)
+        ).first()
+        local = (row.value, row.issuer) if row is not None else None
     same_person = select(pi.c.value, pi.c.issuer).where(pi.c.person_pk.in_(person_pks))
     return PatientScope(scoped, key.in_(same_person), local)
