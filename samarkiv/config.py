@@ -111,6 +111,9 @@ class AuthSettings:
     oidc_roles_claim: str = "realm_access.roles"
     # IdP role name -> samarkiv role; roles not mapped and not samarkiv roles are dropped.
     oidc_role_map: tuple[tuple[str, str], ...] = ()
+    # A patient's national identity number (e.g. "personnummer"); unset: OIDC patients see nothing.
+    oidc_patient_id_claim: str | None = None
+    oidc_patient_id_issuer: str = "1.2.752.129.2.1.3.1"  # its issuer: the Swedish personnummer OID
     oidc_leeway_seconds: int = 30
     oidc_jwks_cache_seconds: int = 300
     session_hours: int = 8

@@ -210,12 +210,19 @@ class Region:
         with self.engine.connect() as conn:
             return require_user(conn, self.users[user].username).principal("password", "127.0.0.1")
 
-    def patient_principal(self) -> Any:
-        """The patient user (Anna) bound to her person. The users table holds no
-        person binding (yet), so this is the principal a door would build for her."""
-        from dataclasses import replace
+    def link_patient(self) -> None:
+        """Link the patient user (Anna) to her person (``users.person_pk``), as
+        ``samarkiv users update anna --patient`` does."""
+        from samarkiv.access.users import set_patient
 
-        return replace(self.principal("patient"), patient_key=self.persons["anna"])
+        with self.engine.begin() as conn:
+            set_patient(conn, self.users["patient"].username, f"{PNR_ANNA}^{PERSONNUMMER_OID}", _admin())
+
+    def patient_principal(self) -> Any:
+        """The patient user (Anna) bound to her person: the principal every door
+        builds for her once she is linked (:meth:`link_patient`)."""
+        self.link_patient()
+        return self.principal("patient")
 
     # --- audit ------------------------------------------------------------------------------
 

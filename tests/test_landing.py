@@ -109,3 +109,21 @@ def test_human_size() -> None:
     assert human_size(1536) == "1.5 KiB"
     assert human_size(5 * 1024**3) == "5.0 GiB"
     assert human_size(3 * 1024**5) == "3072.0 TiB"
+
+
+def test_landing_page_counts_only_for_administrators_and_auditors(archive) -> None:  # type: ignore[no-untyped-def]
+    """Counts of patients are information about patient data: an administrator or
+    auditor sees the holdings; anyone else gets the page without the section
+    (not zeros), and a visitor without credentials gets no page at all."""
+    for role, shown in (("auditor", True), ("clinician", False), ("radiologist", False), ("patient", False)):
+        token = archive.add_user(f"landing-{role}", role)[1]
+        response = httpx.get(f"{archive.http}/", timeout=10, headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200, role
+        page = _parse(response.text)
+        assert ("Holdings" in response.text) is shown and bool(page.counts) is shown, role
+        assert page.links["Viewer"] == "/viewer/" and archive.aet in response.text, role
+    admin = _parse(httpx.get(f"{archive.http}/", timeout=10, headers=archive.headers).text)
+    assert admin.counts["Patients"] == "0"
+    for headers in ({}, {"Accept": "text/html"}):
+        anonymous = httpx.get(f"{archive.http}/", timeout=10, headers=headers)
+        assert anonymous.status_code in (401, 303) and "Holdings" not in anonymous.text

@@ -85,11 +85,16 @@ def create_router(authenticator: Authenticator) -> APIRouter:
 
     @router.get("/api/me")
     def me(request: Request) -> JSONResponse:
-        """Who the caller is authenticated as (for the viewer and portal)."""
+        """Who the caller is authenticated as (for the viewer and portal); a
+        linked patient also gets ``patient``, their person number (the id of
+        their ``/api/patients/{id}/access-log``)."""
         principal = current_principal(request)
-        return JSONResponse({
+        body: dict[str, object] = {
             "name": principal.name, "kind": principal.kind, "organisation": principal.org_code,
             "roles": sorted(principal.roles), "auth_method": principal.auth_method,
-        })  # fmt: skip
+        }  # fmt: skip
+        if principal.patient_key is not None:
+            body["patient"] = principal.patient_key
+        return JSONResponse(body)
 
     return router

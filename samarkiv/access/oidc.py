@@ -9,6 +9,12 @@ and ``nbf`` (with ``oidc_leeway_seconds``). The claims then map to a Principal:
 user (``oidc_user_claim``), organisation (``oidc_org_claim``, an organisation
 code, else ``oidc_default_org``) and roles (``oidc_roles_claim`` through
 ``oidc_role_map``). Claim names may be dotted paths (``realm_access.roles``).
+
+A token with the ``patient`` role is a patient's: with ``oidc_patient_id_claim``
+set, that claim's national identity number (under ``oidc_patient_id_issuer``)
+names their person in the master patient index, the principal's
+``patient_key`` (following merges). A number that is invalid, unknown or names
+several persons gives no ``patient_key``: the patient then sees nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from sqlalchemy import Engine
 
 from ..config import AuthSettings
 from ..identity.organisations import get_organisation
+from ..identity.patients import IdentityError, canonicalise, current_person
 from .principal import ROLES, Principal
+from .users import patient_person
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +133,21 @@ class OidcVerifier:
         mapped = {self._roles.get(str(name), str(name)).lower() for name in names}
         return frozenset(mapped & set(ROLES))
 
+    def patient_of(self, claims: dict[str, Any]) -> int | None:
+        """The person (now) whose national identity number the token carries, or None."""
+        if not self.auth.oidc_patient_id_claim:
+            return None
+        value = claim(claims, self.auth.oidc_patient_id_claim)
+        if not isinstance(value, str) or not value.strip():
+            return None
+        with self.engine.connect() as conn:
+            try:
+                canonical = canonicalise(conn, value, self.auth.oidc_patient_id_issuer, None)
+                return current_person(conn, patient_person(conn, canonical))
+            except IdentityError as exc:
+                log.info("OIDC patient %s: no person (%s)", claim(claims, self.auth.oidc_user_claim), exc.__class__.__name__)
+                return None
+
     def principal(self, token: str, address: str | None = None) -> Principal:
         """Verify ``token`` and map its claims; raises OidcError."""
         claims = self.verify(token)
@@ -140,5 +163,7 @@ class OidcVerifier:
         org = self._organisation(code)
         if org is None:
             raise OidcError(f"the token's organisation {code!r} is not known here")
-        return Principal(name=user, kind="user", org_pk=org[0], org_code=org[1], roles=self.roles_of(claims),
-                         auth_method="oidc", address=address)  # fmt: skip
+        roles = self.roles_of(claims)
+        patient_key = self.patient_of(claims) if "patient" in roles else None
+        return Principal(name=user, kind="user", org_pk=org[0], org_code=org[1], roles=roles,
+                         patient_key=patient_key, auth_method="oidc", address=address)  # fmt: skip

@@ -5,6 +5,12 @@ A user's password is never stored, only its PHC-format argon2id hash
 HTTP Basic checks are cached by (user, SHA-256 of the password) against the
 hash they were verified with, so a script sending Basic on every request pays
 argon2's cost once, and a changed password or disabled user takes effect at once.
+
+A patient user may be linked to their person in the master patient index
+(``users.person_pk``, :func:`set_patient`, audited as ``link``/``unlink``): their
+principal's ``patient_key`` is that person, followed through merges, so the
+policy's ``self`` basis shows them their own record. A patient user not
+linked sees nothing.
 """
 
 from __future__ import annotations
@@ -20,8 +26,19 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ..audit.events import AuditEvent, row_of
+from ..audit.trail import append_rows
 from ..config import Settings
-from ..identity.organisations import default_organisation, get_organisation
+from ..identity.organisations import Organisation, default_organisation, get_organisation
+from ..identity.patients import (
+    Canonical,
+    InvalidNationalNumber,
+    MalformedIdentifier,
+    canonicalise,
+    current_person,
+    identifier_from_text,
+    person_for,
+)
 from ..index.access_schema import users
 from ..index.identity_schema import organisations
 from .principal import ROLES, Principal
@@ -54,12 +71,23 @@ class User:
     source: str
     has_password: bool
     password_hash: str | None = None
+    person_pk: int | None = None  # the person linked (users.person_pk)
+    patient_key: int | None = None  # that person now (following merges)
 
     def principal(self, method: str, address: str | None = None) -> Principal:
         return Principal(
-            name=self.username, kind="user", org_pk=self.org_pk, org_code=self.org_code,
-            roles=self.roles, user_pk=self.pk, auth_method=method, address=address,
+            name=self.username, kind="user", org_pk=self.org_pk, org_code=self.org_code, roles=self.roles,
+            user_pk=self.pk, patient_key=self.patient_key, auth_method=method, address=address,
         )  # fmt: skip
+
+    @property
+    def patient_link(self) -> str:
+        """The link in words: ``person N`` (``now person M`` after a merge),
+        ``not linked`` for a patient user without one, else empty."""
+        if self.person_pk is None:
+            return "not linked" if "patient" in self.roles else ""
+        moved = f" (now person {self.patient_key})" if self.patient_key != self.person_pk else ""
+        return f"person {self.person_pk}{moved}"
 
 
 def _now() -> datetime:
@@ -108,15 +136,17 @@ def check_password(password: str) -> str:
 
 _USER_COLUMNS = (
     users.c.pk, users.c.username, users.c.display_name, users.c.org_pk, organisations.c.code,
-    users.c.roles, users.c.disabled, users.c.source, users.c.password_hash,
+    users.c.roles, users.c.disabled, users.c.source, users.c.password_hash, users.c.person_pk,
 )  # fmt: skip
 
 
-def _user(row) -> User:  # type: ignore[no-untyped-def]
+def _user(conn: Connection, row) -> User:  # type: ignore[no-untyped-def]
+    person = row.person_pk
     return User(
         pk=row.pk, username=row.username, display_name=row.display_name, org_pk=row.org_pk,
         org_code=row.code, roles=frozenset(r for r in row.roles.split(",") if r), disabled=bool(row.disabled),
         source=row.source, has_password=row.password_hash is not None, password_hash=row.password_hash,
+        person_pk=person, patient_key=current_person(conn, person) if person is not None else None,
     )  # fmt: skip
 
 
@@ -126,12 +156,12 @@ def _select():  # type: ignore[no-untyped-def]
 
 def get_user(conn: Connection, username: str) -> User | None:
     row = conn.execute(_select().where(users.c.username == username.strip())).first()
-    return _user(row) if row is not None else None
+    return _user(conn, row) if row is not None else None
 
 
 def user_by_pk(conn: Connection, pk: int) -> User | None:
     row = conn.execute(_select().where(users.c.pk == pk)).first()
-    return _user(row) if row is not None else None
+    return _user(conn, row) if row is not None else None
 
 
 def require_user(conn: Connection, username: str) -> User:
@@ -142,7 +172,7 @@ def require_user(conn: Connection, username: str) -> User:
 
 
 def list_users(conn: Connection) -> list[User]:
-    return [_user(row) for row in conn.execute(_select().order_by(users.c.username))]
+    return [_user(conn, row) for row in conn.execute(_select().order_by(users.c.username)).all()]
 
 
 def count_users(conn: Connection) -> int:
@@ -189,6 +219,59 @@ def set_disabled(conn: Connection, username: str, disabled: bool = True) -> None
     """Disable (or enable) a user: passwords, tokens and sessions stop working at once."""
     user = require_user(conn, username)
     conn.execute(update(users).where(users.c.pk == user.pk).values(disabled=disabled, updated_at=_now()))
+
+
+def patient_person(conn: Connection, canonical: Canonical) -> int:
+    """The one person a patient's own identifier names (a national number in
+    any written form); an invalid national number names nobody. Raises
+    IdentityError (InvalidNationalNumber, UnknownIdentifier)."""
+    national = canonical.national
+    if national is not None and not national.valid:
+        raise InvalidNationalNumber(
+            f"{canonical.identifier}: invalid {national.kind or national.country} number ({national.reason})"
+        )
+    return person_for(conn, canonical)
+
+
+def person_of_patient_id(conn: Connection, text: str, org: Organisation) -> int:
+    """The person ``ID[^ISSUER]`` names: ``VALUE^ISSUER`` as identity's
+    ``identifier_from_text`` reads it (an issuer OID or name, an organisation
+    code, a national kind such as ``se-personnummer``), or a bare ID under the
+    user's organisation ``org``'s issuer of Patient ID."""
+    text = text.strip()
+    if not text or text.startswith("^"):
+        raise MalformedIdentifier(f"{text!r}: give the patient's ID[^ISSUER]")
+    canonical = identifier_from_text(conn, text) if "^" in text else canonicalise(conn, text, None, org)
+    return patient_person(conn, canonical)
+
+
+def set_patient(conn: Connection, username: str, patient_id: str | None, by: Principal) -> User:
+    """Link the patient user ``username`` to the person ``patient_id`` names
+    (:func:`person_of_patient_id`), or unlink it (None). Audited in this
+    transaction: ``link`` naming the user and the person (``unlink`` for the
+    person left). Raises UserError or IdentityError; nothing is written then."""
+    user = require_user(conn, username)
+    person = None
+    if patient_id is not None:
+        if "patient" not in user.roles:
+            raise UserError(f"{user.username} has no patient role: only a patient user is linked to a person")
+        org = get_organisation(conn, user.org_code)
+        if org is None:
+            raise UserError(f"no organisation {user.org_code!r}")
+        person = person_of_patient_id(conn, patient_id, org)
+    if person == user.person_pk:
+        return user
+    conn.execute(update(users).where(users.c.pk == user.pk).values(person_pk=person, updated_at=_now()))
+    detail = {"user": user.username, "user_pk": user.pk}
+    events: list[AuditEvent] = []
+    if user.person_pk is not None:
+        events.append(AuditEvent("unlink", by, patient_keys=[user.patient_key or user.person_pk], purpose="HSYSADMIN",
+                                 reason=f"user account {user.username} unlinked", detail=detail))  # fmt: skip
+    if person is not None:
+        events.append(AuditEvent("link", by, patient_keys=[person], purpose="HSYSADMIN",
+                                 reason=f"user account {user.username} linked", detail={**detail, "person": person}))  # fmt: skip
+    append_rows(conn, [row_of(e) for e in events])
+    return require_user(conn, user.username)
 
 
 def ensure_first_admin(engine: Engine, settings: Settings) -> str | None:

@@ -29,7 +29,7 @@ from ..identity.patients import (
     person_for,
 )
 from ..index.audit_schema import audit_events, audit_patients
-from ..index.identity_schema import organisations
+from ..index.identity_schema import organisations, persons
 from ..index.schema import series, studies
 from .events import PURPOSES
 
@@ -97,14 +97,23 @@ class AccessEntry:
         return asdict(self)
 
 
+def _with_merged(conn: Connection, person_pk: int) -> set[int]:
+    """``person_pk`` and every person merged into it, directly or in steps."""
+    found, frontier = {person_pk}, {person_pk}
+    while frontier:
+        frontier = set(conn.execute(select(persons.c.pk).where(persons.c.merged_into_pk.in_(frontier))).scalars()) - found
+        found |= frontier
+    return found
+
+
 def records_of_patient(
     conn: Connection, person_pk: int, *, since: datetime | None = None, until: datetime | None = None, limit: int = 10_000
 ) -> list[dict[str, Any]]:
-    """Audit records naming ``person_pk``, oldest first."""
-    q = (
-        select(audit_events)
-        .join(audit_patients, audit_patients.c.seq == audit_events.c.seq)
-        .where(audit_patients.c.patient_key == person_pk)
+    """Audit records naming ``person_pk`` or a person merged into it (the records
+    made before the merge are the same patient's), oldest first."""
+    keys = _with_merged(conn, person_pk)
+    q = select(audit_events).where(
+        audit_events.c.seq.in_(select(audit_patients.c.seq).where(audit_patients.c.patient_key.in_(keys)))
     )
     if since is not None:
         q = q.where(audit_events.c.time >= since)

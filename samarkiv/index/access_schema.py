@@ -1,10 +1,12 @@
 """Tables for users, API tokens and login sessions (samarkiv/access/).
 
-They share ``metadata`` with index/schema.py; migration 0008_access creates them.
+They share ``metadata`` with index/schema.py; migration 0008_access creates them
+(0011_user_person adds ``users.person_pk``).
 
 - ``users``: local and OIDC-provisioned identities, each in one organisation,
   with roles (a comma-separated list of samarkiv.access.principal.ROLES) and,
-  for local users, an argon2id password hash (PHC string).
+  for local users, an argon2id password hash (PHC string). A patient user's
+  ``person_pk`` is their person in the master patient index (migration 0011).
 - ``api_tokens``: personal bearer tokens; only the SHA-256 of the token is
   kept, so a leaked index reveals no usable token.
 - ``sessions``: login-page sessions (the cookie's SHA-256, never the cookie).
@@ -24,7 +26,7 @@ from sqlalchemy import (
     false,
 )
 
-from .identity_schema import organisations  # noqa: F401  (the FK target's table must be known)
+from .identity_schema import organisations, persons  # noqa: F401  (the FK targets' tables must be known)
 from .schema import metadata
 
 users = Table(
@@ -38,6 +40,7 @@ users = Table(
     Column("password_hash", String(255)),  # NULL: no local password (OIDC or token-only)
     Column("disabled", Boolean, nullable=False, server_default=false()),
     Column("source", String(16), nullable=False),  # "local", "oidc", "first-start"
+    Column("person_pk", ForeignKey("persons.pk")),  # a patient user's own person (NULL: not linked)
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
