@@ -317,6 +317,34 @@ def test_patient_related_counts_only_count_visible_studies(dimse_region: Region,
     assert region.studies["KS"].uid in ks_door.find("PatientID=KS-100").studies
 
 
+def test_stores_are_audited_once_per_study_and_association(dimse_region: Region, tmp_path: Path):
+    """C-STORE writes one ``store`` record per study and association, naming the
+    sender and the person: on the fast path (DCMTK storescu, the region's
+    studies) and on pynetdicom's (an association with a user identity)."""
+    from _access import AETS, PNR_BO, make_study
+
+    region = dimse_region
+    rows = region.audit_rows(expect=lambda rs: len(matching(rs, action="store")) >= 3)
+    for key, person in (("KS", "anna"), ("SU", "anna"), ("KS-BO", "bo")):
+        study = region.studies[key]
+        [row] = assert_audited(region, 0, action="store", outcome="allowed", user_name=f"aet:{AETS[study.owner]}",
+                               study_uid=study.uid)  # fmt: skip
+        assert row["patient_keys"] == str(region.persons[person]), row
+        assert row["owner_org"] == study.owner
+    assert len(matching(rows, action="store")) == 3  # two instances of KS and of SU, one record each
+
+    mark = region.audit_mark()
+    new = make_study(tmp_path, "KS-201", "Berg^Bo", PNR_BO, n=2)
+    assoc = Door(region, tmp_path, "KSCT", "karin")._associate([])
+    try:
+        statuses = [assoc.send_c_store(path).Status for path in new.files]
+    finally:
+        assoc.release()
+    assert statuses == [0x0000, 0x0000]
+    [row] = assert_audited(region, mark, action="store", outcome="allowed", user_name="karin", study_uid=new.uid)
+    assert row["patient_keys"] == str(region.persons["bo"]) and row["org_code"] == "KS"
+
+
 # --- the CLI door ---------------------------------------------------------------------------
 
 

@@ -273,6 +273,7 @@ def test_share_links(region: Region) -> None:
         f"{base}/dicomweb/studies/{ks.uid}/metadata", cookies={"samarkiv_link": token}
     )
     assert with_cookie.status_code == 200
+    assert_audited(region, mark, action="view", outcome="allowed", user_name=name, study_uid=ks.uid, count=2)
     # not accepted as ?token= elsewhere (FHIR)
     assert (
         httpx.get(f"{base}/fhir/ImagingStudy", params={"token": token}).status_code

@@ -17,11 +17,11 @@ are neither filtered nor audited here. ``Archive.gate`` is the process's gate.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Connection, and_, select
+from sqlalchemy import ColumnElement, Connection, Result, and_, select
 
 from ..audit import AuditEvent
 from ..index.identity_schema import organisations, patient_identifiers
@@ -54,19 +54,24 @@ class Authorised:
         return bool(self.denied) and not self.allowed
 
 
+def study_persons(conn: Connection, study_uids: Sequence[str]) -> Result[tuple[str, int]]:
+    """(Study Instance UID, person pk) of each study's patient, one indexed query."""
+    pi = patient_identifiers
+    return conn.execute(
+        select(studies.c.study_instance_uid, pi.c.person_pk)
+        .join(patients, patients.c.pk == studies.c.patient_pk)
+        .join(pi, and_(pi.c.value == patients.c.patient_id, pi.c.issuer == patients.c.issuer_of_patient_id))
+        .where(studies.c.study_instance_uid.in_(study_uids), pi.c.person_pk.isnot(None))
+    )  # type: ignore[return-value]
+
+
 def study_facts(conn: Connection, study_uids: Iterable[str]) -> dict[str, StudyFacts]:
     """Persons and owning organisations of each study, in two indexed queries."""
     uids = sorted(set(study_uids))
     facts: dict[str, StudyFacts] = {uid: StudyFacts() for uid in uids}
     if not uids:
         return facts
-    pi = patient_identifiers
-    for uid, person in conn.execute(
-        select(studies.c.study_instance_uid, pi.c.person_pk)
-        .join(patients, patients.c.pk == studies.c.patient_pk)
-        .join(pi, and_(pi.c.value == patients.c.patient_id, pi.c.issuer == patients.c.issuer_of_patient_id))
-        .where(studies.c.study_instance_uid.in_(uids), pi.c.person_pk.isnot(None))
-    ):
+    for uid, person in study_persons(conn, uids):
         facts[uid].person_pks.add(person)
     for uid, org_pk, code in conn.execute(
         select(studies.c.study_instance_uid, instances.c.org_pk, organisations.c.code)

@@ -30,6 +30,7 @@ class AuditSettings:
     anchor_seconds: float = 300.0
     queue_size: int = 100_000
     batch_size: int = 1000
+    linger_seconds: float = 0.25  # how long the writer gathers records before one commit
     source_id: str = ""  # AuditSourceID in DICOM audit messages [default: samarkiv@<host name>]
 
 
@@ -63,8 +64,10 @@ def parse_audit(value: Any) -> AuditSettings:
             out[key] = int(raw)
             if out[key] < 1:
                 raise ValueError(f"[audit] {key} must be at least 1")
-        elif key == "anchor_seconds":
+        elif key in ("anchor_seconds", "linger_seconds"):
             out[key] = float(raw)
+            if out[key] < 0:
+                raise ValueError(f"[audit] {key} must not be negative")
         else:
             out[key] = str(raw)
     settings = AuditSettings(**out)

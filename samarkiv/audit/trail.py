@@ -1,8 +1,10 @@
 """The audit trail: append records to the hash chain, cheaply on the caller's thread.
 
 ``AuditTrail.record(event)`` checks the event and puts it on a bounded queue
-(a few microseconds); one background writer thread takes what has queued up
-and appends it in one transaction per batch. ``flush()`` waits until all that
+(a few microseconds); one background writer thread takes what queues up within
+``linger_seconds`` of the first record and appends it in one transaction per
+batch (a commit per record would cost a query-heavy door more CPU than the
+queries themselves). ``flush()`` waits until all that
 was recorded is committed. A full queue (the database is down or far behind)
 blocks the caller for up to ``block_seconds`` and then raises
 :class:`AuditUnavailable`: records are never dropped silently.
@@ -111,6 +113,7 @@ class AuditTrail:
         anchor_seconds: float = 300.0,
         queue_size: int = 100_000,
         batch_size: int = 1000,
+        linger_seconds: float = 0.25,
         block_seconds: float = 30.0,
         forward: Forward | None = None,
     ) -> None:
@@ -118,6 +121,7 @@ class AuditTrail:
         self.anchor_every = max(1, anchor_every)
         self.anchor_seconds = anchor_seconds
         self.batch_size = max(1, batch_size)
+        self.linger_seconds = max(0.0, linger_seconds)
         self.block_seconds = block_seconds
         self.forward = forward
         self.appended = 0  # records this process committed
@@ -137,7 +141,8 @@ class AuditTrail:
         cfg = audit_settings(settings)
         return cls(
             engine, anchor_every=cfg.anchor_every, anchor_seconds=cfg.anchor_seconds,
-            queue_size=cfg.queue_size, batch_size=cfg.batch_size, forward=forward,
+            queue_size=cfg.queue_size, batch_size=cfg.batch_size,
+            linger_seconds=cfg.linger_seconds, forward=forward,
         )  # fmt: skip
 
     # --- the hot path -------------------------------------------------------------
@@ -212,9 +217,10 @@ class AuditTrail:
             if first is None:
                 break
             batch = [first]
+            gathered_until = time.monotonic() + self.linger_seconds
             while len(batch) < self.batch_size:
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=max(0.0, gathered_until - time.monotonic()))
                 except queue.Empty:
                     break
                 if item is None:

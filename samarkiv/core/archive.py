@@ -79,6 +79,7 @@ class StoreResult:
     reason: RejectReason | None = None
     message: str = ""
     size: int = 0
+    study_uid: str | None = None  # of a stored (or already stored) instance, for the doors' audit
 
 
 def _patient_conflict(uid: str) -> StoreResult:
@@ -317,7 +318,7 @@ class Archive:
                 continue
             self.metrics.journal_instances.inc()
             self.metrics.journal_bytes.inc(size)
-            return self._stored(uid, size, replace)
+            return self._stored(uid, size, replace, parsed.study_instance_uid)
         return _busy(uid)
 
     def store_batch(self, items: Sequence[tuple[bytes, str | None, str | None]], *, source_aet: str | None = None) -> list[StoreResult]:
@@ -345,9 +346,9 @@ class Archive:
             errors: list[BaseException | None] = self.catalog.add_instances([b[3] for b in batch]) if batch else []
         except (OSError, SQLAlchemyError) as exc:
             errors = [exc] * len(batch)
-        for (n, uid, size, _kwargs), error in zip(batch, errors, strict=True):
+        for (n, uid, size, kwargs), error in zip(batch, errors, strict=True):
             if error is None:
-                results[n] = self._stored(uid, size, None)
+                results[n] = self._stored(uid, size, None, kwargs["study"]["study_instance_uid"])
                 self.metrics.journal_instances.inc()
                 self.metrics.journal_bytes.inc(size)
                 self.metrics.stores.labels(StoreOutcome.STORED.value).inc()
@@ -421,14 +422,15 @@ class Archive:
             except BaseException:
                 self._discard(key)
                 raise
-            return self._stored(uid, size, replace)
+            return self._stored(uid, size, replace, parsed.study_instance_uid)
         self._discard(key)
         return _busy(uid)
 
     def _duplicate(self, existing: StoredInstance, digest: str, size: int) -> StoreResult | None:
         """The outcome when the UID is taken, or None when the policy replaces it."""
         if existing.sha256 == digest:
-            return StoreResult(StoreOutcome.DUPLICATE, existing.sop_instance_uid, size=size)
+            return StoreResult(StoreOutcome.DUPLICATE, existing.sop_instance_uid, size=size,
+                               study_uid=existing.study_instance_uid)
         if self.settings.duplicate_policy is DuplicatePolicy.REJECT:
             return StoreResult(
                 StoreOutcome.REJECTED,
@@ -438,13 +440,13 @@ class Archive:
             )
         return None
 
-    def _stored(self, uid: str, size: int, replaced: StoredInstance | None) -> StoreResult:
+    def _stored(self, uid: str, size: int, replaced: StoredInstance | None, study_uid: str) -> StoreResult:
         if replaced is None:
-            return StoreResult(StoreOutcome.STORED, uid, size=size)
+            return StoreResult(StoreOutcome.STORED, uid, size=size, study_uid=study_uid)
         if self.settings.duplicate_policy is DuplicatePolicy.KEEP_NEW:
             self._discard(replaced.blob_key)
-            return StoreResult(StoreOutcome.REPLACED, uid, size=size)
-        return StoreResult(StoreOutcome.VERSIONED, uid, size=size)
+            return StoreResult(StoreOutcome.REPLACED, uid, size=size, study_uid=study_uid)
+        return StoreResult(StoreOutcome.VERSIONED, uid, size=size, study_uid=study_uid)
 
     def _discard(self, key: str | None) -> None:
         if key is None or key.startswith(IN_PLACE_PREFIX):

@@ -19,6 +19,9 @@ from typing import BinaryIO
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+# explicit VRs with a 2-byte length (PS3.5 7.1.2): most elements, read on a fast path
+_SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
+                        b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})  # fmt: skip
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 PIXEL_DATA = 0x7FE00010
@@ -124,11 +127,19 @@ class _Walker:
         if self.explicit and pos + 6 <= end:
             vr = bytes(self.buf[pos + 4 : pos + 6])
             self.explicit = 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90
-        spans = []
+        spans: list[tuple[int, int, int]] = []
+        append, buf, explicit = spans.append, self.buf, self.explicit
+        short = self.tag_vr_short.unpack_from
         while pos < end:
             start = pos
-            tag, pos = self.element(pos, end, self.explicit)
-            spans.append((tag, start, pos))
+            if explicit and pos + 8 <= end:  # the common case inline: a short explicit VR element
+                group, elem, vr, length = short(buf, pos)
+                if vr in _SHORT_VRS and group != 0xFFFE and pos + 8 + length <= end:
+                    pos += 8 + length
+                    append(((group << 16) | elem, start, pos))
+                    continue
+            tag, pos = self.element(pos, end, explicit)
+            append((tag, start, pos))
         return spans
 
 

@@ -53,7 +53,7 @@ from .find import MODELS as FIND_MODELS
 from .find import PENDING_WARNING, answer
 from .retrieve import MODELS as RETRIEVE_MODELS
 from .retrieve import transcode
-from .store import InFlight, status_for
+from .store import InFlight, StoreAudit, status_for
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,7 @@ class FastAssociation:
         self._cancelled: set[int] = set()
         self._next_message_id = 1
         self._principal: Principal | None = None
+        self._store_audit: StoreAudit | None = None
 
     @property
     def principal(self) -> Principal | None:
@@ -376,6 +377,9 @@ class FastAssociation:
             status.get("ErrorComment"),
         )
         self._send_command(message.context_id, response)
+        if self._store_audit is None:  # after the answer, while the sender prepares its next message
+            self._store_audit = StoreAudit(self.archive, self.principal)
+        self._store_audit.note(result)
 
     # --- C-FIND SCP (PS3.4 C.4.1): samarkiv.dimse.find.answer does the work -------------
 

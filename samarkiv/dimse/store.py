@@ -1,14 +1,26 @@
-"""C-STORE SCP (PS3.4 Annex B): received bytes go to the core untouched."""
+"""C-STORE SCP (PS3.4 Annex B): received bytes go to the core untouched.
+
+Each association's stores are audited once per study, when its first instance
+is stored (the ``store`` action, like PS3.15 A.5.3.2 "DICOM Instances
+Transferred"; :class:`StoreAudit`, used by both C-STORE paths). Senders are
+admitted by calling AE title at association time (samarkiv/access/dimse.py).
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 
+from weakref import WeakKeyDictionary
+
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 
+from ..access.gate import study_persons
+from ..access.principal import Principal
+from ..audit import AuditEvent
 from ..core.archive import Archive, RejectReason, StoreOutcome, StoreResult
+from .find import principal_of
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +48,30 @@ def status_for(result: StoreResult) -> Dataset:
     return status
 
 
+class StoreAudit:
+    """The audit records of one association's stores (module docstring)."""
+
+    def __init__(self, archive: Archive, principal: Principal | None) -> None:
+        self.archive = archive
+        self.principal = principal
+        self._studies: set[str] = set()
+
+    def note(self, result: StoreResult) -> None:
+        """Audit ``result`` if it is the association's first of its study."""
+        if result.outcome is StoreOutcome.REJECTED or result.study_uid is None or result.study_uid in self._studies:
+            return
+        self._studies.add(result.study_uid)
+        with self.archive.engine.connect() as conn:
+            persons = sorted({person for _uid, person in study_persons(conn, [result.study_uid])})
+        self.archive.gate.audit(AuditEvent(
+            "store", self.principal, study_uid=result.study_uid, patient_keys=persons,
+            owner_org=self.principal.org_code if self.principal else None, purpose="TREAT", detail={"door": "C-STORE"},
+        ))  # fmt: skip
+
+
+_audits: WeakKeyDictionary[object, StoreAudit] = WeakKeyDictionary()
+
+
 def handle_store(event: evt.Event, archive: Archive, inflight: "InFlight") -> Dataset:
     """EVT_C_STORE handler; the dataset arrives as a staging file (chunked receive)."""
     request = event.request
@@ -46,6 +82,10 @@ def handle_store(event: evt.Event, archive: Archive, inflight: "InFlight") -> Da
             expected_sop_instance_uid=str(request.AffectedSOPInstanceUID),
             expected_sop_class_uid=str(request.AffectedSOPClassUID),
         )
+    audit = _audits.get(event.assoc)
+    if audit is None:
+        audit = _audits[event.assoc] = StoreAudit(archive, principal_of(archive, event.assoc))
+    audit.note(result)
     return status_for(result)
 
 

@@ -207,14 +207,13 @@ class Catalog:
     # --- store ---------------------------------------------------------------
 
     def _upsert_key(self, conn: Connection, table, key: dict[str, Any], values: dict[str, Any]) -> Any:  # type: ignore[no-untyped-def]
-        """Insert the row if absent (first writer wins), return the existing row."""
-        where = [table.c[k] == v for k, v in key.items()]
-        row = conn.execute(select(table).where(*where)).first()
+        """Insert the row if absent (first writer wins), return the existing row:
+        one statement for a new row (callers cache the rows they have seen)."""
+        row = conn.execute(
+            self._insert(table).values(**_clip(table, {**key, **values})).on_conflict_do_nothing().returning(*table.c)
+        ).first()
         if row is None:
-            conn.execute(
-                self._insert(table).values(**_clip(table, {**key, **values})).on_conflict_do_nothing()
-            )
-            row = conn.execute(select(table).where(*where)).first()
+            row = conn.execute(select(table).where(*(table.c[k] == v for k, v in key.items()))).first()
         return row
 
     def add_instance(

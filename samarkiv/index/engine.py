@@ -22,9 +22,12 @@ def normalise_url(url: str) -> str:
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
     cursor = dbapi_connection.cursor()
-    # Takes effect when the file is created: the write-back journal keeps small
-    # objects in the index, and 16 KiB pages hold one in few WAL frames.
-    cursor.execute("PRAGMA page_size=16384")
+    # Takes effect when the file is created. A store writes one page per B-tree it
+    # touches (the instance row, six indexes, the journal row and its key) plus the
+    # object: 4 KiB pages make that about 90 KB of WAL for a 40 KB CT slice, where
+    # 16 KiB pages made it 237 KB and the commit twice as slow (in-process store of
+    # 1000 CT_small copies: 0.99-1.04 ms median against 1.47-1.50 ms).
+    cursor.execute("PRAGMA page_size=4096")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged store survives power loss
     cursor.execute("PRAGMA foreign_keys=ON")

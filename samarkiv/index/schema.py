@@ -137,7 +137,7 @@ instances = Table(
     # answers return keys that have no column of their own.
     Column("metadata", LargeBinary),
 )
-Index("ix_instances_series", instances.c.series_pk)
+# lookups by series use ix_instances_series_org (policy_schema.py)
 Index("ix_instances_stored_at", instances.c.stored_at)
 Index("ix_instances_blob_key", instances.c.blob_key)
 Index("ix_instances_org", instances.c.org_pk)  # the journal mover and the sweeps look up by key
