@@ -321,14 +321,20 @@ class Archive:
             return self._stored(uid, size, replace, parsed.study_instance_uid)
         return _busy(uid)
 
-    def store_batch(self, items: Sequence[tuple[bytes, str | None, str | None]], *, source_aet: str | None = None) -> list[StoreResult]:
+    def store_batch(
+        self,
+        items: Sequence[tuple[bytes, str | None, str | None]],
+        *,
+        source_aet: str | None = None,
+        owner: Organisation | None = None,
+    ) -> list[StoreResult]:
         """Store several Part 10 objects held in memory, ``(data, expected SOP Instance UID,
         expected SOP Class UID)`` each, with one commit: one transaction and one WAL sync
-        (the migration's grouped commit, samarkiv/migrate/deferred.py). What needs a
-        decision (a known UID, a patient conflict, a rejection) or is larger than
-        ``inline_max_bytes`` takes the one-at-a-time path of :meth:`store_bytes`."""
+        (the migration's grouped commit, samarkiv/migrate/deferred.py; a STOW-RS request's
+        parts). What needs a decision (a known UID, a patient conflict, a rejection) or is
+        larger than ``inline_max_bytes`` takes the one-at-a-time path of :meth:`store_bytes`."""
         started = time.perf_counter()
-        owner = self.owner_for(source_aet)
+        owner = owner or self.owner_for(source_aet)
         results: list[StoreResult | None] = [None] * len(items)
         batch: list[tuple[int, str, int, dict]] = []  # (index, uid, size, add_instance arguments)
         for n, (data, uid, cls) in enumerate(items):
@@ -360,7 +366,7 @@ class Archive:
                 self.metrics.store_seconds.observe(each)
             self.last_store = time.monotonic()
         return [r if r is not None else self.store_bytes(data, source_aet=source_aet, expected_sop_instance_uid=uid,
-                                                         expected_sop_class_uid=cls)
+                                                         expected_sop_class_uid=cls, owner=owner)
                 for r, (data, uid, cls) in zip(results, items, strict=True)]  # fmt: skip
 
     def store_in_place(self, path: Path, *, source_aet: str | None = None) -> StoreResult:

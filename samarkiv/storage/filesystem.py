@@ -34,11 +34,16 @@ class FilesystemBlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.staging.mkdir(parents=True, exist_ok=True)
         self._known_dirs: set[Path] = set()
+        self._root = str(self.root)
 
     def _path(self, key: str) -> Path:
+        return Path(self._name(key))
+
+    def _name(self, key: str) -> str:
+        """The file name of ``key`` (a string: retrieves open hundreds a second)."""
         if not key or key.startswith("/") or ".." in key.split("/"):
             raise ValueError(f"invalid blob key {key!r}")
-        return self.root / key
+        return f"{self._root}/{key}"
 
     def _install(self, staged: Path, key: str, *, sync: bool = True) -> Path:
         """Rename ``staged`` to ``key``'s path; return its folder (fsynced if ``sync``)."""
@@ -101,7 +106,7 @@ class FilesystemBlobStore:
         return Written(key, size, digest.hexdigest())
 
     def open(self, key: str) -> BinaryIO:
-        return open(self._path(key), "rb")
+        return open(self._name(key), "rb")
 
     def open_range(self, key: str, start: int, end: int | None = None) -> BinaryIO:
         return io.BufferedReader(FileWindow(self._path(key), start, end), CHUNK)  # type: ignore[return-value]

@@ -6,6 +6,8 @@ study of any size passes through with memory bounded by one chunk.
 
 from __future__ import annotations
 
+import io
+import os
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -48,17 +50,19 @@ def write_parts(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
     Small pieces are gathered into chunks of about :data:`CHUNK` bytes: the
     server hands every chunk of a synchronous body to a worker thread, which
     costs more than sending a small instance."""
-    buffer = bytearray()
+    gathered: list[bytes] = []
+    size = 0
     for piece in _pieces(parts, f"--{boundary}".encode("ascii")):
-        if len(buffer) + len(piece) > CHUNK and buffer:
-            yield bytes(buffer)
-            buffer.clear()
+        if size + len(piece) > CHUNK and gathered:
+            yield b"".join(gathered)  # one copy, where a growing bytearray made two and more
+            gathered, size = [], 0
         if len(piece) >= CHUNK:
             yield piece
         else:
-            buffer += piece
-    if buffer:
-        yield bytes(buffer)
+            gathered.append(piece)
+            size += len(piece)
+    if gathered:
+        yield b"".join(gathered)
 
 
 def _pieces(parts: Iterable[Part], marker: bytes) -> Iterator[bytes]:
@@ -73,10 +77,19 @@ def _pieces(parts: Iterable[Part], marker: bytes) -> Iterator[bytes]:
     yield marker + b"--\r\n"
 
 
+def _size_from(stream: BinaryIO, start: int) -> int | None:
+    try:
+        return max(0, os.fstat(stream.fileno()).st_size - start)
+    except (AttributeError, OSError, io.UnsupportedOperation):  # not a file (BytesIO, a remote object)
+        return None
+
+
 def file_chunks(stream: BinaryIO, start: int = 0, length: int | None = None, chunk: int = CHUNK) -> Iterator[bytes]:
-    """``length`` bytes (or everything) of ``stream`` from ``start``, in chunks."""
+    """``length`` bytes (or everything) of ``stream`` from ``start``, in chunks.
+    For a file, "everything" is its size when opened (stored objects never change),
+    so a small object is one exact read rather than a chunk-sized one and a probe."""
     stream.seek(start)
-    remaining = length
+    remaining = length if length is not None else _size_from(stream, start)
     while remaining is None or remaining > 0:
         data = stream.read(chunk if remaining is None else min(chunk, remaining))
         if not data:

@@ -207,6 +207,7 @@ def transcoded(archive: Archive, stored: StoredInstance, target: str) -> bytes:
 def _instances_parts(
     archive: Archive, instances: list[StoredInstance], requested: str | None, first: multipart.Part | None
 ) -> Iterator[multipart.Part]:
+    sent = archive.metrics.retrieved.labels("sent")
     for number, stored in enumerate(instances):
         if number == 0 and first is not None:
             part = first
@@ -218,7 +219,7 @@ def _instances_parts(
                 log.warning("retrieve: instance pk=%s left out: %s", stored.pk, exc)
                 archive.metrics.retrieved.labels("failed").inc()
                 continue
-        archive.metrics.retrieved.labels("sent").inc()
+        sent.inc()
         archive.metrics.retrieved_bytes.inc(stored.size)
         yield part
 
