@@ -8,6 +8,8 @@ dcmqrscp's index with DCMTK's ``dcmqridx``. Tests only read from it.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -108,7 +110,7 @@ class Dcmqrscp:
         log = open(workdir / f"dcmqrscp-{self.port}.log", "ab")
         self.process = subprocess.Popen(
             ["dcmqrscp", "-c", str(config), "--single-process" if self.single_process else "--fork"],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its own process group: freeze()
         )  # fmt: skip
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -121,7 +123,33 @@ class Dcmqrscp:
                 time.sleep(0.1)
         raise RuntimeError("dcmqrscp did not start")
 
+    def freeze(self) -> None:
+        """SIGSTOP dcmqrscp and the children it forked (one per association): the kernel still
+        accepts connections into the listen backlog, but nothing answers, mid-transfer included."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT the process group (harmless when it is not stopped)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGCONT)
+
+    def children(self) -> list[int]:
+        """The pids of the children dcmqrscp forked, i.e. its associations in progress."""
+        assert self.process is not None
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:  # field 4: ppid
+                    found.append(int(entry.name))
+        return found
+
     def stop(self) -> None:
+        self.thaw()  # never leave anything stopped
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:

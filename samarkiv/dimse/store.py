@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-
 from weakref import WeakKeyDictionary
 
 from pydicom.dataset import Dataset

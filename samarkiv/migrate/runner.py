@@ -99,12 +99,16 @@ class Runner:
             except SourceBusy as exc:
                 if attempt == self.retries:
                     raise
-                delay = self.backoff * 2**attempt
-                with self.stats.lock:
-                    self.stats.retries += 1
-                log.warning("%s: %s; retry %d/%d in %.1fs", what, exc, attempt + 1, self.retries, delay)
-                self.sleep(delay)
+                self._backoff(what, exc, attempt)
         raise AssertionError("unreachable")
+
+    def _backoff(self, what: str, exc: SourceBusy, attempt: int) -> None:
+        """Log a busy, refused or timed-out call and wait before retry ``attempt`` + 1 (exponential backoff)."""
+        delay = self.backoff * 2**attempt
+        with self.stats.lock:
+            self.stats.retries += 1
+        log.warning("%s: %s; retry %d/%d in %.1fs", what, exc, attempt + 1, self.retries, delay)
+        self.sleep(delay)
 
     # --- the run --------------------------------------------------------------------------------
 
@@ -144,6 +148,7 @@ class Runner:
         progress = self.jobs.progress(self.job)
         failed = progress["studies"].get("failed", 0)
         self.jobs.set_job(self.job, state="failed" if failed else "done")
+        self.job = self.jobs.get(self.job.name)  # the final report shows the state just set
         return self.jobs.progress(self.job)
 
     def _planned_ahead(self, todo: list[PlannedStudy], ahead: threading.BoundedSemaphore) -> Iterator[PlannedStudy]:
@@ -155,8 +160,8 @@ class Runner:
             if not study.planned:
                 try:
                     self.throttle.wait_for_window()
-                    study = replace(self.plan(study), planned=True)
-                except Exception as exc:  # noqa: BLE001 - migrate_study tries again and records it
+                    study = replace(self.plan(study, retrying=False), planned=True)
+                except Exception as exc:  # noqa: BLE001 - migrate_study tries again, with the retries, and records it
                     log.info("listing study %d ahead failed: %s", study.pk, exc)
             yield study
 
@@ -175,10 +180,13 @@ class Runner:
             list(pool.map(plan_one, todo))
         return self.jobs.progress(self.job)
 
-    def plan(self, study: PlannedStudy) -> PlannedStudy:
+    def plan(self, study: PlannedStudy, retrying: bool = True) -> PlannedStudy:
         if study.planned:
             return study
-        found = self._retrying(f"list study {study.pk}", lambda: self.source.instances(study))
+        if retrying:
+            found = self._retrying(f"list study {study.pk}", lambda: self.source.instances(study))
+        else:
+            found = self.source.instances(study)
         present = set(self.archive.catalog.instances_by_uid([i.sop_instance_uid for i in found]))
         self.jobs.plan_study(self.job, study, found, present)
         return study
@@ -216,22 +224,33 @@ class Runner:
         return missing, count, nbytes
 
     def _pull_missing(self, study: PlannedStudy, previous: int = 0) -> None:
-        """Pull what is missing, up to ``retries`` + 1 times in this run (``previous``: attempts of earlier runs)."""
+        """Pull what is missing, up to ``retries`` + 1 times in this run (``previous``: attempts of earlier runs).
+
+        A busy, refused or timed-out pull (at the association request or mid-transfer) keeps what
+        arrived and is retried for the rest after the backoff; when the retries run out, the last
+        error is each missing instance's reason."""
         total = len(self.jobs.instances(study))
         missing, count, nbytes = self._found(study, self.jobs.instances(study, ["pending", "failed", "mismatch"]))
         rejected: dict[str, str] = {}
         note = ""
         tries = 0
-        while missing and tries <= self.retries:
+        while missing:
             tries += 1
             everything = len(missing) == total
             deliver = self._deliverer(study, rejected)
             try:
-                note = self._retrying(
-                    f"pull study {study.pk}", lambda: self.source.pull(study, missing, everything, deliver)
-                )
+                note = self.source.pull(study, missing, everything, deliver)
             except SourceBusy as exc:
                 note = str(exc)
+                missing, more, more_bytes = self._found_settled(study, missing)
+                count, nbytes = count + more, nbytes + more_bytes
+                if not missing:
+                    note = ""  # everything had arrived before the error
+                    break
+                if tries > self.retries:
+                    break
+                self._backoff(f"pull study {study.pk}", exc, tries - 1)
+                continue
             except SourceError as exc:
                 note = str(exc)
                 missing, more, more_bytes = self._found(study, missing)
@@ -241,6 +260,8 @@ class Runner:
             count, nbytes = count + more, nbytes + more_bytes
             if missing and all(i.sop_instance_uid in rejected for i in missing):
                 break  # the archive refused them: a retry gives the same answer
+            if tries > self.retries:
+                break
         if not self.source.in_process and count:
             self.throttle.acquire(count, nbytes)  # C-MOVE: pace the next study
         for instance in missing:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Source, SourceBusy, SourceError
+from .base import Source, SourceBusy, SourceError, SourceTimeout
 
 
 def open_source(kind: str, options: dict[str, Any]) -> Source:
@@ -26,4 +26,4 @@ def open_source(kind: str, options: dict[str, Any]) -> Source:
     raise SourceError(f"unknown source kind {kind!r}")
 
 
-__all__ = ["Source", "SourceBusy", "SourceError", "open_source"]
+__all__ = ["Source", "SourceBusy", "SourceError", "SourceTimeout", "open_source"]

@@ -21,6 +21,11 @@ class SourceBusy(SourceError):
     """Refused, aborted or timed-out association, or a busy answer: retry later, with backoff."""
 
 
+class SourceTimeout(SourceBusy):
+    """The source did not answer within the job's timeout (an association request, a DIMSE
+    message, a C-GET/C-MOVE sub-operation): retried like a refusal."""
+
+
 class Source(Protocol):
     #: True when pulled objects come back to this process (``deliver``); False
     #: for C-MOVE, where the source sends them to a running ``samarkiv serve``.

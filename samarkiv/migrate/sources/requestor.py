@@ -9,12 +9,20 @@ proposes the GET context and storage contexts with SCP role selection
 C-STORE sub-operation with the dataset's bytes as they came, behind a File
 Meta header naming the context's transfer syntax (never decoded). The
 Upper Layer codec is the archive's own (dimse/pdu.py).
+
+Every wait on the source is bounded by the job's ``timeout``: the connection,
+the A-ASSOCIATE-AC, each PDU of each DIMSE message (C-FIND responses, C-GET
+sub-operations and C-GET/C-MOVE responses), each send, and the release. A
+source that does not answer in time raises SourceTimeout ("<what> with
+<AE>@<host>:<port> timed out: no answer within <timeout>s") and the association
+is aborted, not released; the runner retries it with backoff like a refusal.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +31,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from ...dimse import pdu
-from .base import SourceBusy, SourceError
+from .base import SourceBusy, SourceError, SourceTimeout
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 MAX_PDU = 1 << 20
@@ -67,16 +75,28 @@ class Requestor:
         self.accepted: dict[int, tuple[str, str]] = {}  # context id -> (abstract syntax, transfer syntax)
         self.peer_max = 16384
         self.message_id = 0
+        self.doing = "association"  # what a timeout or a lost connection interrupted, for the message
 
     # --- the Upper Layer -------------------------------------------------------------------
+
+    @property
+    def peer(self) -> str:
+        return f"{self.called}@{self.host}:{self.port}"
+
+    def _timed_out(self) -> SourceTimeout:
+        """The source did not answer within the timeout: the association's state is unknown, so it is
+        aborted (never released: a frozen source would not answer the A-RELEASE-RQ either)."""
+        self.abort()
+        return SourceTimeout(f"{self.doing} with {self.peer} timed out: no answer within {self.timeout:g}s")
 
     def _recv_exact(self, n: int) -> bytes:
         assert self.sock is not None
         chunks, left = [], n
         while left:
-            chunk = self.sock.recv(min(left, 1 << 20))
+            chunk = self.sock.recv(min(left, 1 << 20))  # each wait bounded by the socket's timeout
             if not chunk:
-                raise SourceBusy(f"{self.called}@{self.host}:{self.port} closed the connection")
+                self.close()
+                raise SourceBusy(f"{self.doing} with {self.peer}: the source closed the connection")
             chunks.append(chunk)
             left -= len(chunk)
         return b"".join(chunks)
@@ -85,15 +105,21 @@ class Requestor:
         try:
             pdu_type, _, length = struct.unpack(">BBI", self._recv_exact(6))
             return pdu_type, self._recv_exact(length)
-        except (TimeoutError, OSError) as exc:
-            raise SourceBusy(f"{self.called}@{self.host}:{self.port}: {exc.__class__.__name__} {exc}".strip()) from None
+        except TimeoutError:
+            raise self._timed_out() from None
+        except OSError as exc:
+            self.abort()
+            raise SourceBusy(f"{self.doing} with {self.peer}: {exc.__class__.__name__} {exc}".strip()) from None
 
     def _send(self, data: bytes) -> None:
         assert self.sock is not None
         try:
-            self.sock.sendall(data)
+            self.sock.sendall(data)  # the timeout bounds the whole call (Python 3.5+)
+        except TimeoutError:
+            raise self._timed_out() from None
         except OSError as exc:
-            raise SourceBusy(f"{self.called}@{self.host}:{self.port}: {exc}") from None
+            self.abort()
+            raise SourceBusy(f"{self.doing} with {self.peer}: {exc}") from None
 
     def _send_message(self, context_id: int, command: bytes, dataset: bytes | None) -> None:
         payload = self.peer_max - 6 if self.peer_max else MAX_PDU
@@ -118,9 +144,13 @@ class Requestor:
             user += pdu._item(0x54, struct.pack(">H", len(uid)) + pdu._ascii(uid) + bytes([0, 1]))
         user += pdu._item(0x55, pdu.IMPLEMENTATION_VERSION.encode("ascii"))
         body += pdu._item(0x50, user)
-        where = f"association with {self.called}@{self.host}:{self.port}"
+        self.doing = "association"
+        where = f"association with {self.peer}"
         try:
+            # the timeout stays on the socket: it bounds every later wait (each PDU read, each send)
             self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except TimeoutError:
+            raise SourceTimeout(f"{where} timed out: no answer within {self.timeout:g}s") from None
         except OSError as exc:
             raise SourceBusy(f"{where} not established: {exc}") from None
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -152,18 +182,34 @@ class Requestor:
                     sub += 4 + sub_length
 
     def release(self) -> None:
-        """A-RELEASE-RQ, then wait for the RP (PS3.8 9.3.6)."""
+        """A-RELEASE-RQ, then wait for the RP (PS3.8 9.3.6), at most the timeout (10 s at most) in all;
+        a source that does not answer in time is aborted."""
         if self.sock is None:
             return
+        self.doing = "release"
+        deadline = time.monotonic() + min(self.timeout, 10)
         try:
             self._send(pdu._pdu(pdu.A_RELEASE_RQ, b"\x00" * 4))
-            self.sock.settimeout(min(self.timeout, 10))
-            while (self._read_pdu()[0]) not in (pdu.A_RELEASE_RP, pdu.A_ABORT):
-                pass
+            while (left := deadline - time.monotonic()) > 0 and self.sock is not None:
+                self.sock.settimeout(left)
+                if self._read_pdu()[0] in (pdu.A_RELEASE_RP, pdu.A_ABORT):
+                    break
+            else:
+                self.abort()
         except SourceBusy:
             pass
         finally:
             self.close()
+
+    def abort(self) -> None:
+        """A-ABORT (PS3.8 9.3.8), as far as it can be sent without waiting, and close."""
+        if self.sock is None:
+            return
+        try:
+            self.sock.send(pdu._pdu(pdu.A_ABORT, b"\x00" * 4), socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+        self.close()
 
     def close(self) -> None:
         if self.sock is not None:
@@ -181,7 +227,7 @@ class Requestor:
         return self._retrieve(move_class, identifier, None, destination)
 
     def _retrieve(self, sop_class: str, identifier: Dataset, on_store: OnStore | None, destination: str | None) -> RetrieveResult:
-        what = "C-MOVE" if destination else "C-GET"
+        what = self.doing = "C-MOVE" if destination else "C-GET"
         context_id = next((c for c, (abstract, _ts) in self.accepted.items() if abstract == sop_class), None)
         if context_id is None:
             raise SourceError(f"the source accepted no {what} presentation context")
@@ -243,6 +289,7 @@ class Requestor:
         context_id = next((c for c, (abstract, _ts) in self.accepted.items() if abstract == find_class), None)
         if context_id is None:
             raise SourceError("the source accepted no C-FIND presentation context")
+        self.doing = "C-FIND"
         self.message_id = self.message_id % 0xFFFF + 1
         command = pdu.encode_command({
             pdu.AFFECTED_SOP_CLASS: find_class, pdu.COMMAND_FIELD: pdu.C_FIND_RQ, pdu.MESSAGE_ID: self.message_id,
