@@ -100,6 +100,9 @@ def test_retrieve_study_series_instance_as_stored(archive, sample_files):
         assert content == stored_bytes(archive, sop)  # byte for byte, File Meta included
         assert dataset_of(content) == dataset_of(stored_bytes(archive, sop))
         assert part_type == f"application/dicom; transfer-syntax={pydicom.dcmread(path).file_meta.TransferSyntaxUID}"
+        # as stored, the length is known up front: Content-Length, not chunked
+        assert int(response.headers["content-length"]) == len(response.content)
+        assert "transfer-encoding" not in response.headers
 
         retrieved = dw.retrieve_instance(study, series, sop, media_types=(("application/dicom", "*"),))
         assert retrieved.SOPInstanceUID == sop
@@ -121,6 +124,7 @@ def test_retrieve_study_series_instance_as_stored(archive, sample_files):
     # lossless original, the stored form for a lossy one
     rle, jpeg = files[1], files[2]
     response = httpx.get(instance_url(archive.http, rle), headers={**archive.headers, "Accept": 'multipart/related; type="application/dicom"'})
+    assert response.headers.get("transfer-encoding") == "chunked"  # transcoded: its length is not known before
     [(part_type, content)] = parse_multipart(response.headers["content-type"], response.content)
     assert part_type == f"application/dicom; transfer-syntax={ExplicitVRLittleEndian}"
     decoded = pydicom.dcmread(io.BytesIO(content))

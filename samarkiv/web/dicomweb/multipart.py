@@ -65,16 +65,27 @@ def write_parts(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
         yield b"".join(gathered)
 
 
+def _part_header(marker: bytes, content_type: str, headers: dict[str, str]) -> bytes:
+    lines = [f"Content-Type: {content_type}", *(f"{name}: {value}" for name, value in headers.items())]
+    return marker + b"\r\n" + "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n"
+
+
 def _pieces(parts: Iterable[Part], marker: bytes) -> Iterator[bytes]:
     for part in parts:
-        header = [f"Content-Type: {part.content_type}"]
-        header.extend(f"{name}: {value}" for name, value in part.headers.items())
-        yield marker + b"\r\n" + "\r\n".join(header).encode("latin-1") + b"\r\n\r\n"
+        yield _part_header(marker, part.content_type, part.headers)
         for chunk in part.body:
             if chunk:
                 yield chunk if isinstance(chunk, bytes) else bytes(chunk)
         yield b"\r\n"
     yield marker + b"--\r\n"
+
+
+def message_length(parts: Iterable[tuple[str, int]], boundary: str) -> int:
+    """The length of the message :func:`write_parts` makes of parts with these
+    ``(Content-Type, content length)`` and no other header fields: a response
+    whose parts' sizes are known is sent with a Content-Length, not chunked."""
+    marker = f"--{boundary}".encode("ascii")
+    return sum(len(_part_header(marker, kind, {})) + size + 2 for kind, size in parts) + len(marker) + 4
 
 
 def _size_from(stream: BinaryIO, start: int) -> int | None:

@@ -190,9 +190,9 @@ def _instance_entry(entries: list[Acceptable], instances: list[StoredInstance]) 
 def _dicom_part(archive: Archive, stored: StoredInstance, requested: str | None) -> multipart.Part:
     target = instance_target(stored.transfer_syntax_uid, requested)
     if target is None:
-        def stored_bytes() -> Iterator[bytes]:
+        def stored_bytes() -> Iterator[bytes]:  # the size the index knows, which the message length counts
             with opened(archive, stored) as stream:
-                yield from multipart.file_chunks(stream)
+                yield from multipart.file_chunks(stream, 0, stored.size)
 
         return multipart.Part(multipart.part_content_type(DICOM, stored.transfer_syntax_uid), stored_bytes())
     data = transcoded(archive, stored, target)
@@ -297,8 +297,13 @@ def retrieve_instances(archive: Archive, request: Request, instances: list[Store
         return StreamingResponse(iter(first.body), media_type=first.content_type)
     boundary = multipart.new_boundary()
     parts = _instances_parts(archive, instances, entry.transfer_syntax, first)
+    headers = {}
+    if all(instance_target(i.transfer_syntax_uid, entry.transfer_syntax) is None for i in instances):
+        # all as stored: the length is known, and a Content-Length spares the chunked framing
+        sizes = ((multipart.part_content_type(DICOM, i.transfer_syntax_uid), i.size) for i in instances)
+        headers["Content-Length"] = str(multipart.message_length(sizes, boundary))
     return StreamingResponse(
-        multipart.write_parts(parts, boundary), media_type=multipart.content_type(DICOM, boundary)
+        multipart.write_parts(parts, boundary), media_type=multipart.content_type(DICOM, boundary), headers=headers
     )
 
 
