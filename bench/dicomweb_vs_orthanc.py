@@ -62,7 +62,7 @@ SIZES = {
         "stow_instances": 1000, "stow_per_request": 100, "stow_parallel": 4, "stow_rounds": 3,
         "qido_patients": 50_000, "qido_studies": 100_000, "qido_per_study": 10,
         "qido_queries": 300, "qido_blocks": 6, "qido_max_seconds": 60,
-        "wado_instances": 500, "metadata_warm": 20, "retrieve_repeats": 3,
+        "wado_instances": 500, "metadata_warm": 20, "retrieve_repeats": 9,
     },
     "quick": {
         "stow_instances": 200, "stow_per_request": 100, "stow_parallel": 4, "stow_rounds": 1,
