@@ -48,7 +48,7 @@ ORTHANC_PHASES = ("ingest", "find-sqlite", "get")  # need Orthanc, so run in the
 
 SIZES = {
     "full": {
-        "ingest_studies": 10, "ingest_per_study": 100, "parallel": 4, "ingest_rounds": 3,
+        "ingest_studies": 10, "ingest_per_study": 100, "parallel": 4, "ingest_rounds": 5,
         "find_patients": 50_000, "find_studies": 100_000, "find_per_study": 10, "find_queries": 300, "find_blocks": 6, "find_max_seconds": 60,
         "orthanc_sent_studies": 200, "orthanc_sent_per_study": 10,
         "get_instances": 500, "get_repeats": 3,

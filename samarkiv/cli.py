@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from .cli_common import ConfigOpt, DataOpt, IndexOpt, console, err, fail
+from .cli_common import ConfigOpt, DataOpt, IndexOpt, cli_principal, console, err, fail
 from .config import ConfigError, Settings, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="samarkiv: a regional vendor-neutral archive.")
@@ -101,7 +101,8 @@ def import_(
     with Progress(*columns, console=err, transient=False) as progress:
         task = progress.add_task("import", total=sum(i.size for i in items))
         done = progress.advance
-        summary = import_items(archive, items, workers, lambda item, _r: done(task, item.size))
+        summary = import_items(archive, items, workers, lambda item, _r: done(task, item.size),
+                               by=cli_principal(None, "administrator"))  # fmt: skip
     table = Table(title="import summary")
     table.add_column("outcome")
     table.add_column("instances", justify="right")

@@ -14,6 +14,8 @@ from typing import BinaryIO
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from .access.gate import StoreAudit
+from .access.principal import Principal
 from .core.archive import Archive, StoreOutcome, StoreResult
 
 
@@ -110,8 +112,11 @@ def import_items(
     items: list[Item],
     workers: int,
     on_done: Callable[[Item, StoreResult], None] | None = None,
+    by: Principal | None = None,
 ) -> ImportSummary:
+    """Store ``items``; each study stored is audited once as stored ``by`` the operator."""
     summary = ImportSummary()
+    audit = StoreAudit(archive, by, "import")
 
     def store(item: Item) -> tuple[Item, StoreResult]:
         try:
@@ -123,6 +128,7 @@ def import_items(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for item, result in pool.map(store, items):
             summary.add(item, result)
+            audit.note(result.study_uid)
             if on_done is not None:
                 on_done(item, result)
     # Small objects sit in the write-back journal; a running server would move

@@ -250,6 +250,22 @@ def auth_headers(url: str) -> dict[str, str]:
     raise AssertionError(f"no archive started here serves {url}")
 
 
+def audit_records(index_url: str, action: str) -> list[dict]:
+    """The audit records of ``action`` in the index at ``index_url``, oldest first."""
+    from sqlalchemy import select
+
+    from samarkiv.index.audit_schema import audit_events
+    from samarkiv.index.engine import create_index_engine
+
+    engine = create_index_engine(index_url)
+    try:
+        with engine.connect() as conn:
+            query = select(audit_events).where(audit_events.c.action == action).order_by(audit_events.c.seq)
+            return [dict(row._mapping) for row in conn.execute(query)]
+    finally:
+        engine.dispose()
+
+
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, "-m", "samarkiv", *args], capture_output=True, text=True, timeout=600

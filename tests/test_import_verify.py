@@ -12,7 +12,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from conftest import run_cli
+from conftest import audit_records, run_cli
 from samarkiv.config import load_settings
 from samarkiv.core.archive import Archive
 
@@ -45,6 +45,11 @@ def test_import_folder_zip_and_summary(tmp_path, target, sample_files):
     assert stats(target)["instances"] == 15
     summary = result.stdout
     assert "stored" in summary and "duplicate" in summary and "rejected" in summary
+    # each study imported is audited once, as stored by the operator at the console
+    records = audit_records(target[3], "store")
+    studies = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in sample_files[:15]}
+    assert sorted(r["study_uid"] for r in records) == sorted(studies)
+    assert all(r["user_name"].startswith("cli") and '"door":"import"' in r["detail"] for r in records), records
 
     again = run_cli("import", str(bundle), *target)
     assert "duplicate" in again.stdout

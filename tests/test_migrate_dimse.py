@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from _dcmqrscp import LEGACY_AET, start_legacy, legacy_storage  # noqa: F401 - fixtures
-from conftest import dataset_bytes, stored_object
+from conftest import audit_records, dataset_bytes, stored_object
+from pydicom import dcmread
 from samarkiv.migrate.throttle import Throttle, Window
 
 
@@ -91,6 +92,11 @@ def test_cget_into_this_process_skips_what_is_present(make_archive, start_legacy
     server.cli("migrate", "run", "get-pacs", "--no-progress")
     status = _status(server, "get-pacs")
     assert status["instances"] == {"migrated": len(legacy.files) - 1, "present": 1}
+    # each study is audited once as stored by the job, with the count it pulled
+    records = [r for r in audit_records(server.index_url, "store") if r["user_name"] == "migration:get-pacs"]
+    studies = {str(dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in legacy.files}
+    assert sorted(r["study_uid"] for r in records) == sorted(studies)
+    assert sum(r["object_count"] for r in records) == len(legacy.files) - 1
     _assert_holds_exactly(server, legacy.files)
     assert "0 missing, 0 mismatched" in server.cli("migrate", "verify", "get-pacs").stdout
 

@@ -10,6 +10,9 @@ policy or the audit trail directly:
   download or store (``policy.decide``, the facts of all studies read in one
   query), one audit record per study, allowed or denied.
 * :meth:`Gate.audit` — any other audited access.
+* :class:`StoreAudit` — the ``store`` records of one sender's stores (a DIMSE
+  association, an import, a migration run): one per study, at its first
+  stored instance (PS3.15 A.5.3.2 "DICOM Instances Transferred" is per study).
 
 The archive's own jobs act as :data:`~samarkiv.access.principal.SYSTEM` and
 are neither filtered nor audited here. ``Archive.gate`` is the process's gate.
@@ -133,3 +136,24 @@ class Gate:
                     )  # fmt: skip
                 )
         return Authorised(allowed, denied)
+
+
+class StoreAudit:
+    """The ``store`` audit records of one sender's stores (module docstring)."""
+
+    def __init__(self, archive: Archive, principal: Principal | None, door: str) -> None:
+        self.archive, self.principal, self.door = archive, principal, door
+        self._studies: set[str] = set()
+
+    def note(self, study_uid: str | None, count: int | None = None) -> None:
+        """Instances of ``study_uid`` stored (or already stored; ``count`` of them, where
+        known): audited the first time the study is named."""
+        if study_uid is None or study_uid in self._studies:
+            return
+        self._studies.add(study_uid)
+        with self.archive.engine.connect() as conn:
+            persons = sorted({person for _uid, person in study_persons(conn, [study_uid])})
+        self.archive.gate.audit(AuditEvent(
+            "store", self.principal, study_uid=study_uid, patient_keys=persons, count=count,
+            owner_org=self.principal.org_code if self.principal else None, purpose="TREAT", detail={"door": self.door},
+        ))  # fmt: skip

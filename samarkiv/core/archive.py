@@ -79,7 +79,7 @@ class StoreResult:
     reason: RejectReason | None = None
     message: str = ""
     size: int = 0
-    study_uid: str | None = None  # of a stored (or already stored) instance, for the doors' audit
+    study_uid: str | None = None  # of a stored (or already stored) instance, for the doors' audit; None if rejected
 
 
 def _patient_conflict(uid: str) -> StoreResult:

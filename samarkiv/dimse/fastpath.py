@@ -39,6 +39,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..access.gate import StoreAudit
 from ..access.principal import Principal
 from ..core.archive import Archive
 from ..core.structure import MalformedDataset, dataset_offset
@@ -53,7 +54,7 @@ from .find import MODELS as FIND_MODELS
 from .find import PENDING_WARNING, answer
 from .retrieve import MODELS as RETRIEVE_MODELS
 from .retrieve import transcode
-from .store import InFlight, StoreAudit, status_for
+from .store import InFlight, status_for
 
 log = logging.getLogger(__name__)
 
@@ -378,8 +379,8 @@ class FastAssociation:
         )
         self._send_command(message.context_id, response)
         if self._store_audit is None:  # after the answer, while the sender prepares its next message
-            self._store_audit = StoreAudit(self.archive, self.principal)
-        self._store_audit.note(result)
+            self._store_audit = StoreAudit(self.archive, self.principal, "C-STORE")
+        self._store_audit.note(result.study_uid)  # None for a rejected store
 
     # --- C-FIND SCP (PS3.4 C.4.1): samarkiv.dimse.find.answer does the work -------------
 

@@ -2,7 +2,7 @@
 
 Each association's stores are audited once per study, when its first instance
 is stored (the ``store`` action, like PS3.15 A.5.3.2 "DICOM Instances
-Transferred"; :class:`StoreAudit`, used by both C-STORE paths). Senders are
+Transferred"; access/gate.py :class:`StoreAudit`, on both C-STORE paths). Senders are
 admitted by calling AE title at association time (samarkiv/access/dimse.py).
 """
 
@@ -15,9 +15,7 @@ from weakref import WeakKeyDictionary
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 
-from ..access.gate import study_persons
-from ..access.principal import Principal
-from ..audit import AuditEvent
+from ..access.gate import StoreAudit
 from ..core.archive import Archive, RejectReason, StoreOutcome, StoreResult
 from .find import principal_of
 
@@ -47,27 +45,6 @@ def status_for(result: StoreResult) -> Dataset:
     return status
 
 
-class StoreAudit:
-    """The audit records of one association's stores (module docstring)."""
-
-    def __init__(self, archive: Archive, principal: Principal | None) -> None:
-        self.archive = archive
-        self.principal = principal
-        self._studies: set[str] = set()
-
-    def note(self, result: StoreResult) -> None:
-        """Audit ``result`` if it is the association's first of its study."""
-        if result.outcome is StoreOutcome.REJECTED or result.study_uid is None or result.study_uid in self._studies:
-            return
-        self._studies.add(result.study_uid)
-        with self.archive.engine.connect() as conn:
-            persons = sorted({person for _uid, person in study_persons(conn, [result.study_uid])})
-        self.archive.gate.audit(AuditEvent(
-            "store", self.principal, study_uid=result.study_uid, patient_keys=persons,
-            owner_org=self.principal.org_code if self.principal else None, purpose="TREAT", detail={"door": "C-STORE"},
-        ))  # fmt: skip
-
-
 _audits: WeakKeyDictionary[object, StoreAudit] = WeakKeyDictionary()
 
 
@@ -83,8 +60,8 @@ def handle_store(event: evt.Event, archive: Archive, inflight: "InFlight") -> Da
         )
     audit = _audits.get(event.assoc)
     if audit is None:
-        audit = _audits[event.assoc] = StoreAudit(archive, principal_of(archive, event.assoc))
-    audit.note(result)
+        audit = _audits[event.assoc] = StoreAudit(archive, principal_of(archive, event.assoc), "C-STORE")
+    audit.note(result.study_uid)  # None for a rejected store
     return status_for(result)
 
 

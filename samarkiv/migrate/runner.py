@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..access.gate import StoreAudit
+from ..access.principal import Principal
 from ..core.archive import Archive, StoreOutcome, StoreResult
 from .job import Job, JobStore, PlannedInstance, PlannedStudy
 from .mapping import Mapping, Rule
@@ -89,6 +91,10 @@ class Runner:
         self.sleep = sleep
         self.on_study = on_study
         self.stats = RunStats()
+        # each study pulled is audited once per run, as stored by the job (access/gate.py)
+        principal = Principal(name=f"migration:{job.name}", kind="service", roles=frozenset({"service"}),
+                              auth_method="internal")  # fmt: skip
+        self.audit = StoreAudit(archive, principal, "migration")
 
     # --- retries ------------------------------------------------------------------------------
 
@@ -271,6 +277,8 @@ class Runner:
             self.jobs.set_study(study, "failed", f"{len(missing)} instance(s) missing: {note}".strip(": "), attempts=previous + tries)
         else:
             self.jobs.set_study(study, "done", note or None, attempts=previous + tries)
+        if count:
+            self.audit.note(study.study_instance_uid, count)
         self.stats.add(1, count, nbytes)
         if self.on_study:
             self.on_study(study, count, nbytes)
