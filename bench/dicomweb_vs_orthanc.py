@@ -252,8 +252,11 @@ def phase_qido_sqlite(ctx: Context) -> dict[str, Any]:
     orthanc = _qido_orthanc_prepare(ctx, root / "orthanc", cat, out) if ctx.with_orthanc else None
     data = root / "samarkiv-data"
     log(f"qido-sqlite: filling samarkiv's SQLite index with {cat.studies:,} studies / {cat.instances:,} instances")
+    # owned by the default organisation, as stores from the bench's client are: its
+    # administrator's token sees them (the access policy filters QIDO-RS)
     fill = attempt(out, "samarkiv-fill", lambda: bdata.fill_samarkiv(f"sqlite:///{data / 'index.sqlite'}", cat,
-                                                                     metadata=not ctx.args.no_metadata, log=log))  # fmt: skip
+                                                                     metadata=not ctx.args.no_metadata, owners="default",
+                                                                     log=log))  # fmt: skip
     if "error" not in fill:
         fill["index_bytes"] = (data / "index.sqlite").stat().st_size
         log(f"  filled in {fill['seconds']} s ({fill['index_bytes'] / 1e9:.1f} GB)")
@@ -279,7 +282,8 @@ def phase_qido_postgres(ctx: Context) -> dict[str, Any]:
         return out
     try:
         log(f"qido-postgres: filling {url.rsplit('/', 1)[1]} with {cat.studies:,} studies / {cat.instances:,} instances")
-        fill = attempt(out, "samarkiv-fill", lambda: bdata.fill_samarkiv(url, cat, metadata=not ctx.args.no_metadata, log=log))
+        fill = attempt(out, "samarkiv-fill", lambda: bdata.fill_samarkiv(url, cat, metadata=not ctx.args.no_metadata,
+                                                                         owners="default", log=log))  # fmt: skip
         if "error" in fill:
             return out
         log(f"  filled in {fill['seconds']} s")

@@ -32,8 +32,11 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         p50 = _num(_get(r, phase, f"samarkiv-{db}", "p50_ms"))
         n = _get(r, phase, "catalogue", "instances")
         name = f"QIDO-RS p50 < {QIDO_TARGET_MS:g} ms, {db}" + (f", {n:,} instances" if n else "")
+        wrong = _get(r, phase, f"samarkiv-{db}", "wrong_counts")
         if p50 is None:
             out.append((name, "NOT MEASURED", _error(r, phase, f"samarkiv-{db}") or ""))
+        elif wrong:  # fast wrong answers are no answers
+            out.append((name, "INVALID", f"{p50:.2f} ms, but {wrong} answers with a wrong study count"))
         else:
             out.append((name, "MET" if p50 < QIDO_TARGET_MS else "MISSED", f"{p50:.2f} ms"))
     n = _get(r, "wado", "instances")
