@@ -46,13 +46,18 @@ def _opened(config: Optional[Path], data: Optional[Path], index_url: Optional[st
         archive.close()
 
 
-def _job(jobs: Any, name: str) -> Any:
+def _job(jobs: Any, name: str, refresh: bool = False) -> Any:
+    """The job ``name``; with ``refresh``, marked to ask the source for its studies again."""
     from .job import JobError
 
     try:
-        return jobs.get(name)
+        job = jobs.get(name)
     except JobError as exc:
         raise _fail(str(exc), 1) from None
+    if refresh:
+        jobs.set_job(job, enumerated=False)
+        job = jobs.get(name)
+    return job
 
 
 @migrate_app.command("add")
@@ -143,10 +148,7 @@ def run(
 
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with _opened(config, data, index_url) as (archive, jobs):
-        job = _job(jobs, name)
-        if refresh:
-            jobs.set_job(job, enumerated=False)
-            job = jobs.get(name)
+        job = _job(jobs, name, refresh)
         try:
             runner = Runner(archive, jobs, job)
         except (SourceError, ValueError) as exc:
@@ -193,10 +195,7 @@ def plan(
 
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with _opened(config, data, index_url) as (archive, jobs):
-        job = _job(jobs, name)
-        if refresh:
-            jobs.set_job(job, enumerated=False)
-            job = jobs.get(name)
+        job = _job(jobs, name, refresh)
         try:
             result = Runner(archive, jobs, job).plan_all()
         except (SourceError, ValueError) as exc:
