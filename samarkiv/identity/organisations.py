@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from ..config import OrganisationConfig, OrganisationKind, Settings
+from ..index.engine import lock_startup
 from ..index.identity_schema import organisation_aets, organisations
 from .national import Issuer
 
@@ -353,6 +354,7 @@ def sync_from_settings(engine: Engine, settings: Settings) -> None:
     that names none.
     """
     with engine.begin() as conn:
+        lock_startup(conn)  # nodes starting together: one creates, the others then find
         for item in settings.organisations:
             try:
                 _sync_one(conn, item)

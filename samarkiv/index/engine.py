@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -78,6 +78,18 @@ def alembic_config(engine: Engine) -> Config:
     config.set_main_option("script_location", str(_MIGRATIONS))
     config.attributes["engine"] = engine
     return config
+
+
+# Several archive nodes may start at once on one PostgreSQL (docs/deployment.md):
+# their start-up writes (schema upgrades, the organisations of the config file)
+# take this advisory lock in turn. SQLite's writer engine serialises them already.
+STARTUP_LOCK = 0x53414D41  # "SAMA"
+
+
+def lock_startup(conn: Connection) -> None:
+    """Hold the start-up lock until ``conn``'s transaction ends (PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({STARTUP_LOCK})")
 
 
 def migrate(engine: Engine) -> None:

@@ -10,6 +10,7 @@ import samarkiv.index.metadata_schema  # noqa: F401
 import samarkiv.index.access_schema  # noqa: F401
 import samarkiv.index.audit_schema  # noqa: F401
 import samarkiv.index.policy_schema  # noqa: F401
+from samarkiv.index.engine import lock_startup
 from samarkiv.index.schema import metadata
 
 engine = context.config.attributes["engine"]
@@ -25,13 +26,8 @@ def _for_this_dialect(obj, _name, type_, _reflected, _compare_to) -> bool:  # ty
     return True
 
 
-# Several archive nodes may start at once on one PostgreSQL (docs/deployment.md):
-# one migrates while the others wait for it, then find the schema at head.
-MIGRATION_LOCK = 0x53414D41  # "SAMA": the advisory lock key of schema upgrades
-
 with engine.begin() as connection:
-    if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+    lock_startup(connection)  # one node migrates while the others wait, then find the schema at head
     context.configure(
         connection=connection,
         target_metadata=metadata,
