@@ -32,13 +32,13 @@ sys.path.insert(0, str(HERE.parent))
 from benchkit import data as bdata  # noqa: E402
 from benchkit.dicom import send  # noqa: E402
 from benchkit.servers import free_port  # noqa: E402
+from benchkit.flag import bench_flag  # noqa: E402
 
 from samarkiv.config import load_settings  # noqa: E402
 from samarkiv.core.archive import Archive  # noqa: E402
 from samarkiv.dimse import store as dimse_store  # noqa: E402
 from samarkiv.dimse.server import DicomServer  # noqa: E402
 
-FLAG = Path("/tmp/BENCH_RUNNING")
 CONFIG = """
 accept_unknown_aets = false
 [[organisations]]
@@ -107,14 +107,8 @@ def main() -> None:
     parser.add_argument("--per-study", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    while FLAG.exists():
-        print("someone is benchmarking (/tmp/BENCH_RUNNING); waiting", file=sys.stderr)
-        time.sleep(10)
-    FLAG.touch()
-    try:
+    with bench_flag():
         out = run(args.instances, args.per_study, args.rounds)
-    finally:
-        FLAG.unlink(missing_ok=True)
     out["time"] = datetime.now(UTC).isoformat(timespec="seconds")
     results = HERE / "results"
     results.mkdir(exist_ok=True)

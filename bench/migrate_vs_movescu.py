@@ -53,9 +53,9 @@ sys.path.insert(0, str(HERE))
 
 from benchkit import data as bdata  # noqa: E402
 from benchkit import dicom as bdicom  # noqa: E402
+from benchkit.flag import bench_flag  # noqa: E402
 from benchkit.servers import Orthanc, Profiler, Samarkiv, dcmtk_env, free_port, orthanc_version, spawn, stop_process  # noqa: E402
 
-FLAG = Path("/tmp/BENCH_RUNNING")
 MIGRATOR_AET, STORESCP_AET, DCMTK_AET = "SAMARKIV-MIG", "STORESCP", "DCMTKSCU"
 TARGET = 0.8
 
@@ -296,10 +296,12 @@ def main() -> int:
     for tool in ("findscu", "movescu", "getscu", "storescp", "storescu", "Orthanc", "unshare", "ip"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found (DCMTK: apt-get install dcmtk; Orthanc: apt-get install orthanc)")
-    while FLAG.exists():
-        log("another benchmark is running (/tmp/BENCH_RUNNING): waiting")
-        time.sleep(30)
-    FLAG.touch()
+    with bench_flag(poll_seconds=30):
+        return _outer(args)
+
+
+def _outer(args: argparse.Namespace) -> int:
+    """Run the measurements in a private network namespace, then write the report."""
     work = Path(tempfile.mkdtemp(prefix="samarkiv-migrate-bench-"))
     started = datetime.now(UTC)
     try:
@@ -311,7 +313,6 @@ def main() -> int:
             return 1
         data = json.loads((work / "result.json").read_text())
     finally:
-        FLAG.unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)
     report = {
         "benchmark": "migrate_vs_movescu",

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchkit import data as bdata
+from benchkit.flag import bench_flag
 
 from samarkiv.access.policy import (
     add_block,
@@ -46,7 +47,6 @@ from samarkiv.core.archive import Archive
 from samarkiv.identity.organisations import get_organisation
 from samarkiv.index.query import Level, Query
 
-FLAG = Path("/tmp/BENCH_RUNNING")
 ADMIN = Principal(name="bench", kind="user", roles=frozenset({"administrator"}), auth_method="cli")
 RETURN_KEYS = ("StudyDate", "AccessionNumber", "StudyDescription", "PatientName", "ModalitiesInStudy",
                "NumberOfStudyRelatedInstances")  # fmt: skip
@@ -163,22 +163,15 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--postgres", action="store_true", help="Also on PostgreSQL (a fresh database).")
     args = parser.parse_args()
-    while FLAG.exists():
-        print("someone is benchmarking (/tmp/BENCH_RUNNING); waiting", file=sys.stderr)
-        time.sleep(30)
-    FLAG.touch()
-    try:
-        with tempfile.TemporaryDirectory(prefix="policy-bench-") as tmp:
-            work = Path(tmp)
-            print(json.dumps(run(f"sqlite:///{work / 'index.sqlite'}", "sqlite", args.instances, args.queries, work)))
-            if args.postgres:
-                url = bdata.create_pg_database()
-                try:
-                    print(json.dumps(run(url, "postgresql", args.instances, args.queries, work / "pg")))
-                finally:
-                    bdata.drop_pg_database(url)
-    finally:
-        FLAG.unlink(missing_ok=True)
+    with bench_flag(poll_seconds=30), tempfile.TemporaryDirectory(prefix="policy-bench-") as tmp:
+        work = Path(tmp)
+        print(json.dumps(run(f"sqlite:///{work / 'index.sqlite'}", "sqlite", args.instances, args.queries, work)))
+        if args.postgres:
+            url = bdata.create_pg_database()
+            try:
+                print(json.dumps(run(url, "postgresql", args.instances, args.queries, work / "pg")))
+            finally:
+                bdata.drop_pg_database(url)
 
 
 if __name__ == "__main__":
