@@ -17,6 +17,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from _dcmqrscp import LEGACY_AET, legacy_storage, start_legacy  # noqa: F401 - fixtures
+from samarkiv.migrate.job import JobStore
+from test_migrate_dimse import _open
 
 
 def _status(server, name: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
@@ -175,8 +177,14 @@ def test_a_source_frozen_longer_than_the_retries_fails_with_the_timeout_then_a_r
     assert all(r["state"] == "failed" and re.fullmatch(reason, r["reason"]) for r in rows), rows[0]
     assert f"association with LEGACY@127.0.0.1:{legacy.port} {TIMED_OUT}" in (tmp_path / "stuck.html").read_text()
 
-    # the source answers again: a rerun completes the job
+    # the source answers again: a rerun, given a source's usual patience, completes the job
     _answering_again(legacy)
-    server.cli("migrate", "run", "stuck", "--no-progress")
+    server.cli("migrate", "run", "stuck", "--no-progress", "--timeout", "30", "--retries", "4")
+    archive = _open(server)
+    try:
+        options = JobStore(archive.engine).get("stuck").options
+        assert options["timeout"] == 30 and options["retries"] == 4  # kept for later runs
+    finally:
+        archive.close()
     status = _status(server, "stuck")
     assert status["state"] == "done" and status["instances"] == {"migrated": len(legacy.files)}

@@ -138,6 +138,8 @@ def run(
     name: str,
     refresh: Annotated[bool, typer.Option(help="Ask the source for its studies again (new ones join the plan).")] = False,
     progress_bar: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress display.")] = True,
+    retries: Annotated[Optional[int], typer.Option(min=0, help="Change the job's retries (kept for later runs).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(min=0.1, help="Change the job's DIMSE/HTTP timeout in seconds (kept).")] = None,
     config: ConfigOpt = None,
     data: DataOpt = None,
     index_url: IndexOpt = None,
@@ -149,6 +151,9 @@ def run(
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with _opened(config, data, index_url) as (archive, jobs):
         job = _job(jobs, name, refresh)
+        changes = {k: v for k, v in (("retries", retries), ("timeout", timeout)) if v is not None}
+        if changes:
+            job = jobs.update_options(job, **changes)  # e.g. more patience with a source that recovered
         try:
             runner = Runner(archive, jobs, job)
         except (SourceError, ValueError) as exc:

@@ -119,6 +119,11 @@ class JobStore:
         with self.engine.connect() as conn:
             return [_job(r) for r in conn.execute(select(migration_jobs).order_by(migration_jobs.c.pk))]
 
+    def update_options(self, job: Job, **changes: Any) -> Job:
+        """Change some of the job's options for this and later runs; the job as it is now."""
+        self.set_job(job, options=json.dumps({**job.options, **changes}))
+        return self.get(job.name)
+
     def set_job(self, job: Job, **values: Any) -> None:
         with self.lock, self.writer.begin() as conn:
             conn.execute(update(migration_jobs).where(migration_jobs.c.pk == job.pk).values(updated_at=_now(), **values))

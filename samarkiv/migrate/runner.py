@@ -14,7 +14,7 @@ import hashlib
 import logging
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -50,6 +50,50 @@ class RunStats:
             self.studies_done += studies
             self.instances += instances
             self.bytes += nbytes
+
+
+class SourceSlots:
+    """How many associations the run opens at once: ``limit`` at most, one fewer after each busy,
+    refused or timed-out call (never below one; a source may reject an A-ASSOCIATE-RQ for lack of
+    resources, PS3.8 9.3.4), one more after RECOVER calls in a row that went through.
+
+    A caller keeps its slot through its retries and their backoff: against a source with fewer
+    associations than the job's, the run's threads then take turns instead of racing for the
+    source's slots, where a study that lost often enough failed with its retries spent."""
+
+    RECOVER = 20
+
+    def __init__(self, limit: int) -> None:
+        self.limit = self.allowed = max(1, limit)
+        self._held = 0
+        self._streak = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._cond:
+            while self._held >= self.allowed:
+                self._cond.wait()
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held -= 1
+                self._cond.notify_all()
+
+    def refused(self) -> None:
+        with self._cond:
+            self.allowed = max(1, self.allowed - 1)
+            self._streak = 0
+
+    def succeeded(self) -> None:
+        with self._cond:
+            self._streak += 1
+            if self._streak >= self.RECOVER and self.allowed < self.limit:
+                self.allowed += 1
+                self._streak = 0
+                self._cond.notify_all()
 
 
 def throttle_of(options: dict[str, Any]) -> Throttle:
@@ -91,6 +135,7 @@ class Runner:
         self.sleep = sleep
         self.on_study = on_study
         self.stats = RunStats()
+        self.slots = SourceSlots(self.associations + 1)  # the pulls, and the listing ahead of them
         # each study pulled is audited once per run, as stored by the job (access/gate.py)
         principal = Principal(name=f"migration:{job.name}", kind="service", roles=frozenset({"service"}),
                               auth_method="internal")  # fmt: skip
@@ -99,14 +144,25 @@ class Runner:
     # --- retries ------------------------------------------------------------------------------
 
     def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
-        for attempt in range(self.retries + 1):
-            try:
-                return call()
-            except SourceBusy as exc:
-                if attempt == self.retries:
-                    raise
-                self._backoff(what, exc, attempt)
+        with self.slots.held():
+            for attempt in range(self.retries + 1):
+                try:
+                    return self._once(call)
+                except SourceBusy as exc:
+                    if attempt == self.retries:
+                        raise
+                    self._backoff(what, exc, attempt)
         raise AssertionError("unreachable")
+
+    def _once(self, call: Callable[..., Any], *args: Any) -> Any:
+        """One source call, counted for the association limit (SourceSlots)."""
+        try:
+            result = call(*args)
+        except SourceBusy:
+            self.slots.refused()
+            raise
+        self.slots.succeeded()
+        return result
 
     def _backoff(self, what: str, exc: SourceBusy, attempt: int) -> None:
         """Log a busy, refused or timed-out call and wait before retry ``attempt`` + 1 (exponential backoff)."""
@@ -192,7 +248,8 @@ class Runner:
         if retrying:
             found = self._retrying(f"list study {study.pk}", lambda: self.source.instances(study))
         else:
-            found = self.source.instances(study)
+            with self.slots.held():
+                found = self._once(self.source.instances, study)
         present = set(self.archive.catalog.instances_by_uid([i.sop_instance_uid for i in found]))
         self.jobs.plan_study(self.job, study, found, present)
         return study
@@ -240,34 +297,35 @@ class Runner:
         rejected: dict[str, str] = {}
         note = ""
         tries = 0
-        while missing:
-            tries += 1
-            everything = len(missing) == total
-            deliver = self._deliverer(study, rejected)
-            try:
-                note = self.source.pull(study, missing, everything, deliver)
-            except SourceBusy as exc:
-                note = str(exc)
+        with self.slots.held():  # kept through the retries (SourceSlots)
+            while missing:
+                tries += 1
+                everything = len(missing) == total
+                deliver = self._deliverer(study, rejected)
+                try:
+                    note = self._once(self.source.pull, study, missing, everything, deliver)
+                except SourceBusy as exc:
+                    note = str(exc)
+                    missing, more, more_bytes = self._found_settled(study, missing)
+                    count, nbytes = count + more, nbytes + more_bytes
+                    if not missing:
+                        note = ""  # everything had arrived before the error
+                        break
+                    if tries > self.retries:
+                        break
+                    self._backoff(f"pull study {study.pk}", exc, tries - 1)
+                    continue
+                except SourceError as exc:
+                    note = str(exc)
+                    missing, more, more_bytes = self._found(study, missing)
+                    count, nbytes = count + more, nbytes + more_bytes
+                    break
                 missing, more, more_bytes = self._found_settled(study, missing)
                 count, nbytes = count + more, nbytes + more_bytes
-                if not missing:
-                    note = ""  # everything had arrived before the error
-                    break
+                if missing and all(i.sop_instance_uid in rejected for i in missing):
+                    break  # the archive refused them: a retry gives the same answer
                 if tries > self.retries:
                     break
-                self._backoff(f"pull study {study.pk}", exc, tries - 1)
-                continue
-            except SourceError as exc:
-                note = str(exc)
-                missing, more, more_bytes = self._found(study, missing)
-                count, nbytes = count + more, nbytes + more_bytes
-                break
-            missing, more, more_bytes = self._found_settled(study, missing)
-            count, nbytes = count + more, nbytes + more_bytes
-            if missing and all(i.sop_instance_uid in rejected for i in missing):
-                break  # the archive refused them: a retry gives the same answer
-            if tries > self.retries:
-                break
         if not self.source.in_process and count:
             self.throttle.acquire(count, nbytes)  # C-MOVE: pace the next study
         for instance in missing:
