@@ -327,16 +327,22 @@ class Archive:
         *,
         source_aet: str | None = None,
         owner: Organisation | None = None,
+        journal: bool = True,
     ) -> list[StoreResult]:
         """Store several Part 10 objects held in memory, ``(data, expected SOP Instance UID,
         expected SOP Class UID)`` each, with one commit: one transaction and one WAL sync
         (the migration's grouped commit, samarkiv/migrate/deferred.py; a STOW-RS request's
         parts). What needs a decision (a known UID, a patient conflict, a rejection) or is
-        larger than ``inline_max_bytes`` takes the one-at-a-time path of :meth:`store_bytes`."""
+        larger than ``inline_max_bytes`` takes the one-at-a-time path of :meth:`store_bytes`.
+        ``journal``: keep the objects in the write-back journal (the answer waits for one WAL
+        sync), else write them to blob files, made durable together before the commit (a
+        migration's groups: nothing is left to write back)."""
         started = time.perf_counter()
         owner = owner or self.owner_for(source_aet)
         results: list[StoreResult | None] = [None] * len(items)
         batch: list[tuple[int, str, int, dict]] = []  # (index, uid, size, add_instance arguments)
+        files: list[tuple[str, bytes]] = []
+        now = datetime.now(UTC)
         for n, (data, uid, cls) in enumerate(items):
             if owner is None or len(data) > self.settings.inline_max_bytes:
                 continue
@@ -344,21 +350,29 @@ class Archive:
                 parsed = parse_buffer(data, uid, cls)
             except RejectedDataset:
                 continue  # store_bytes below says why
-            key = f"{INLINE_PREFIX}{uuid.uuid4().hex}"
+            key = f"{INLINE_PREFIX}{uuid.uuid4().hex}" if journal else _blob_key(now)
             digest = hashlib.sha256(data).hexdigest()
-            kwargs = self._commit_kwargs(parsed, key, len(data), digest, source_aet, owner, None, inline=data)
+            kwargs = self._commit_kwargs(parsed, key, len(data), digest, source_aet, owner, None, inline=data if journal else None)
             batch.append((n, parsed.sop_instance_uid, len(data), kwargs))
+            if not journal:
+                files.append((key, data))
         try:
+            if files:
+                self.blobs.put_many(files)
             errors: list[BaseException | None] = self.catalog.add_instances([b[3] for b in batch]) if batch else []
         except (OSError, SQLAlchemyError) as exc:
             errors = [exc] * len(batch)
         for (n, uid, size, kwargs), error in zip(batch, errors, strict=True):
-            if error is None:
-                results[n] = self._stored(uid, size, None, kwargs["study"]["study_instance_uid"])
+            if error is not None:
+                if not journal:
+                    self.blobs.delete(kwargs["instance"]["blob_key"])  # the one-at-a-time path below stores it again
+                continue
+            results[n] = self._stored(uid, size, None, kwargs["study"]["study_instance_uid"])
+            if journal:
                 self.metrics.journal_instances.inc()
                 self.metrics.journal_bytes.inc(size)
-                self.metrics.stores.labels(StoreOutcome.STORED.value).inc()
-                self.metrics.stored_bytes.inc(size)
+            self.metrics.stores.labels(StoreOutcome.STORED.value).inc()
+            self.metrics.stored_bytes.inc(size)
         done = sum(r is not None for r in results)
         if done:
             each = (time.perf_counter() - started) / done

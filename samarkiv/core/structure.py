@@ -233,12 +233,15 @@ def header_of_buffer(buf: mmap.mmap | bytes, layout: Layout) -> bytes | None:
     parts: list[bytes] = []
     omitted: list[str] = []
     trace_at = None  # the trace goes before any element of a group >= OMITTED_GROUP
+    traced = False  # the data holds such a trace already
     run = 0  # the kept bytes are copied in contiguous runs, not element by element
     for tag, start, end in layout.spans:
-        if tag >> 16 >= OMITTED_GROUP and trace_at is None:
-            parts.append(buf[run:start])
-            run = start
-            trace_at = len(parts)
+        if tag >> 16 >= OMITTED_GROUP:
+            traced = traced or tag >> 16 == OMITTED_GROUP
+            if trace_at is None:
+                parts.append(buf[run:start])
+                run = start
+                trace_at = len(parts)
         if tag == PIXEL_DATA or end - start > BULK_THRESHOLD:
             vr = _vr_at(buf, layout, tag, start)
             if tag == PIXEL_DATA or vr != "SQ":
@@ -246,7 +249,7 @@ def header_of_buffer(buf: mmap.mmap | bytes, layout: Layout) -> bytes | None:
                 parts.append(buf[run:start])
                 run = end
     parts.append(buf[run : layout.spans[-1][2]])
-    if omitted and not any(tag >> 16 == OMITTED_GROUP for tag, _s, _e in layout.spans):
+    if omitted and not traced:
         parts.insert(len(parts) if trace_at is None else trace_at, _omitted_trace(layout, omitted))
     return b"".join(parts)
 

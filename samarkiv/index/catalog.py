@@ -57,6 +57,10 @@ class PatientConflict(Exception):
         self.existing_issuer = existing_issuer
 
 
+class _Isolate(Exception):
+    """The batch cannot be written together (Catalog._commit_together)."""
+
+
 class InstanceExists(Exception):
     """Another writer committed the same SOP Instance UID first."""
 
@@ -308,6 +312,8 @@ class Catalog:
             self._local.known = {}
         try:
             with self.writer.begin() as conn:
+                if isolate and len(batch) > 1 and self._commit_together(conn, batch):
+                    return
                 for item in batch:
                     if len(batch) == 1 and not isolate:  # nothing to isolate it from: no savepoint
                         item.learned = self._add_instance(conn, *item.args)
@@ -328,6 +334,37 @@ class Catalog:
             self._local.known = None
             for item in batch:
                 item.done = True
+
+    def _commit_together(self, conn: Connection, batch: list[_Pending]) -> bool:
+        """The fast way for a batch of new instances (a migration's group, a STOW-RS request):
+        one savepoint for all and one executemany INSERT per table instead of a savepoint and two
+        statements each. False, with nothing of it kept, when any of them needs more (a
+        replacement) or fails (a known UID, a patient conflict): the caller then isolates each."""
+        if any(item.args[5] is not None for item in batch):  # replace
+            return False
+        known = self._local.known
+        rows: list[dict[str, Any]] = []
+        inline_rows: list[dict[str, Any]] = []
+        try:
+            with conn.begin_nested():
+                for item in batch:
+                    item.learned = {}
+                    row, inline_row = self._rows(conn, *item.args, item.learned)
+                    known.update(item.learned)
+                    rows.append(row)
+                    if inline_row is not None:
+                        inline_rows.append(inline_row)
+                if any(row.keys() != rows[0].keys() for row in rows):
+                    raise _Isolate
+                conn.execute(insert(instances), rows)  # a known UID fails the unique index
+                if inline_rows:
+                    conn.execute(self._insert_inline, inline_rows)
+        except Exception:  # noqa: BLE001 - rolled back to the savepoint; the caller isolates each
+            known.clear()
+            for item in batch:
+                item.learned = None
+            return False
+        return True
 
     def _parent_pk(
         self, conn: Connection, table, key: dict[str, Any], values: dict[str, Any], learned: dict
@@ -358,8 +395,37 @@ class Catalog:
     ) -> dict:
         """Write one instance's rows in the open transaction ``conn``; return the
         keys learned (cached once committed)."""
-        now = utcnow()
         learned: dict = {}
+        row, inline_row = self._rows(conn, patient, study, series_values, instance, accept_patient_conflict,
+                                     replace, keep_replaced, inline, patient_ids, owner, learned)  # fmt: skip
+        if replace is not None:
+            self._replace(conn, replace, row, study, keep_replaced, row["stored_at"])
+        else:
+            inserted = conn.execute(self._insert_instance, row).first()
+            if inserted is None:
+                raise InstanceExists(instance["sop_instance_uid"])
+        if inline_row is not None:
+            conn.execute(self._insert_inline, inline_row)
+        return learned
+
+    def _rows(
+        self,
+        conn: Connection,
+        patient: dict[str, Any],
+        study: dict[str, Any],
+        series_values: dict[str, Any],
+        instance: dict[str, Any],
+        accept_patient_conflict: bool,
+        replace: StoredInstance | None,
+        keep_replaced: bool,
+        inline: bytes | None,
+        patient_ids: tuple[tuple[str, Issuer], ...],
+        owner: Organisation | None,
+        learned: dict,
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """One instance's parent rows written (or found) in ``conn``; its instance row and
+        inline-blob row built, not written. Keys learned go to ``learned``."""
+        now = utcnow()
         instance = dict(instance)
         header = instance.pop("header", None)
         key = self._patient_key(conn, patient_ids, owner, learned) if patient_ids else None
@@ -402,15 +468,7 @@ class Catalog:
                 "metadata": zlib.compress(header, 1) if header else None,
             },
         )
-        if replace is not None:
-            self._replace(conn, replace, row, study, keep_replaced, now)
-        else:
-            inserted = conn.execute(self._insert_instance, row).first()
-            if inserted is None:
-                raise InstanceExists(instance["sop_instance_uid"])
-        if inline is not None:
-            conn.execute(self._insert_inline, {"key": row["blob_key"], "data": inline, "stored_at": now})
-        return learned
+        return row, ({"key": row["blob_key"], "data": inline, "stored_at": now} if inline is not None else None)
 
     def _patient_key(
         self,

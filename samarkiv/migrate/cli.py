@@ -263,11 +263,13 @@ def verify(
 
     logging.basicConfig(level="WARNING")
     with _opened(config, data, index_url) as (archive, jobs):
+        runner = Runner(archive, jobs, _job(jobs, name))
         try:
-            runner = Runner(archive, jobs, _job(jobs, name))
             result = verify_job(runner, sample)
         except SourceError as exc:
             raise _fail(f"the source: {exc}", 1) from None
+        finally:
+            runner.close()  # what a re-pull left in the grouped commit
     console.print(
         f"verified {result.verified}/{result.studies} studies, {result.compared_bytes / 1e6:,.1f} MB compared by checksum: "
         f"{len(result.missing)} missing, {len(result.mismatched)} mismatched, {len(result.series_mismatch)} series with other counts"

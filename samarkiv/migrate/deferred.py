@@ -6,7 +6,7 @@ answered as soon as its bytes are received, because nothing can be lost:
 
 - the source keeps every object (a migration never changes or deletes there);
 - the job records an instance as migrated only after reading it from the
-  index, i.e. after its commit (runner.py ``_found``);
+  index, i.e. after its commit (runner.py ``_found``, ``_settle``);
 - verification compares the index with the source.
 
 A crash between the answer and the commit therefore leaves the instance
@@ -15,7 +15,9 @@ A crash between the answer and the commit therefore leaves the instance
 ``DeferredStores`` queues them (bounded: backpressure on the association)
 and commits what waits, up to 64 objects at a time, in one transaction and
 one WAL sync (core/archive.py ``store_batch``, index/catalog.py
-``add_instances``, the group commit's savepoint-per-object batch).
+``add_instances``). The migrating process has one for its whole run
+(runner.py ``Runner._deferred``: C-GET and WADO-RS pulls, straight to blob
+files).
 ``MigrationIntake`` is what ``serve`` asks for C-STORE sub-operations of a
 C-MOVE (PS3.7 9.1.1.1.9, Move Originator Application Entity Title
 (0000,1030)): only an originator that is the calling AE title of a DIMSE
@@ -117,11 +119,15 @@ class DeferredStores(Generic[T]):
 
     def drain(self) -> None:
         """Wait until every object submitted so far is stored."""
+        self.wait_until(lambda: not self._queue and not self._busy)
+
+    def wait_until(self, done: Callable[[], bool]) -> None:
+        """Wait, the committers hurrying meanwhile, until ``done()`` (checked after each group)."""
         with self._cond:
             self._hurry += 1
             self._cond.notify_all()
             try:
-                while self._queue or self._busy:
+                while not done():
                     self._cond.wait()
             finally:
                 self._hurry -= 1

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, or_, select, update
 
 from ..index.migrate_schema import (
     migration_instances,
@@ -153,18 +153,25 @@ class JobStore:
 
     def plan_study(self, job: Job, study: PlannedStudy, instances: Sequence[PlannedInstance], present: set[str]) -> None:
         """Record the instances the source holds for ``study``; those in ``present`` are skipped."""
-        with self.engine.connect() as conn:
-            known = set(conn.scalars(select(migration_instances.c.sop_instance_uid).where(migration_instances.c.study_pk == study.pk)))
-        rows = [
-            dict(job_pk=job.pk, study_pk=study.pk, series_instance_uid=i.series_instance_uid, sop_instance_uid=i.sop_instance_uid,
-                 sop_class_uid=i.sop_class_uid, source_ref=i.source_ref, size=i.size,
-                 state="present" if i.sop_instance_uid in present else "pending")
-            for i in instances if i.sop_instance_uid not in known
-        ]  # fmt: skip
+        self.plan_studies(job, [(study, instances, present)])
+
+    def plan_studies(self, job: Job, plans: Sequence[tuple[PlannedStudy, Sequence[PlannedInstance], set[str]]]) -> None:
+        """:meth:`plan_study` for several studies, in one transaction."""
+        rows = []
+        for study, instances, present in plans:
+            with self.engine.connect() as conn:
+                known = set(conn.scalars(select(migration_instances.c.sop_instance_uid).where(migration_instances.c.study_pk == study.pk)))
+            rows += [
+                dict(job_pk=job.pk, study_pk=study.pk, series_instance_uid=i.series_instance_uid, sop_instance_uid=i.sop_instance_uid,
+                     sop_class_uid=i.sop_class_uid, source_ref=i.source_ref, size=i.size,
+                     state="present" if i.sop_instance_uid in present else "pending")
+                for i in instances if i.sop_instance_uid not in known
+            ]  # fmt: skip
         with self.lock, self.writer.begin() as conn:
             if rows:
                 conn.execute(insert(migration_instances), rows)
-            conn.execute(update(migration_studies).where(migration_studies.c.pk == study.pk).values(planned=True, updated_at=_now()))
+            conn.execute(update(migration_studies).where(migration_studies.c.pk.in_([study.pk for study, _i, _p in plans]))
+                         .values(planned=True, updated_at=_now()))  # fmt: skip
 
     def instances(self, study: PlannedStudy, states: Sequence[str] | None = None) -> list[PlannedInstance]:
         query = select(migration_instances).where(migration_instances.c.study_pk == study.pk)
@@ -178,15 +185,18 @@ class JobStore:
 
     def mark_instances(self, study: PlannedStudy, uids: Iterable[str], state: str, reason: str | None = None) -> None:
         uids = list(uids)
-        if not uids:
-            return
-        with self.lock, self.writer.begin() as conn:
-            for start in range(0, len(uids), 500):
-                conn.execute(
-                    update(migration_instances)
-                    .where(migration_instances.c.study_pk == study.pk, migration_instances.c.sop_instance_uid.in_(uids[start : start + 500]))
-                    .values(state=state, reason=reason)
-                )
+        if uids:
+            with self.lock, self.writer.begin() as conn:
+                self._mark(conn, study, uids, state, reason)
+
+    @staticmethod
+    def _mark(conn: Connection, study: PlannedStudy, uids: list[str], state: str, reason: str | None) -> None:
+        for start in range(0, len(uids), 500):
+            conn.execute(
+                update(migration_instances)
+                .where(migration_instances.c.study_pk == study.pk, migration_instances.c.sop_instance_uid.in_(uids[start : start + 500]))
+                .values(state=state, reason=reason)
+            )
 
     def record_source_digest(self, study: PlannedStudy, uid: str, digest: str, size: int) -> None:
         with self.lock, self.writer.begin() as conn:
@@ -211,18 +221,32 @@ class JobStore:
         with self.lock, self.writer.begin() as conn:
             conn.execute(update(migration_studies).where(migration_studies.c.pk == study.pk).values(**values))
 
-    def mark_found(self, study: PlannedStudy, sizes: dict[str, int]) -> None:
+    @staticmethod
+    def _mark_found(conn: Connection, study: PlannedStudy, sizes: dict[str, int]) -> None:
         """Instances the archive now holds: ``migrated``, with their stored size."""
-        if not sizes:
-            return
         statement = (
             update(migration_instances)
             .where(migration_instances.c.study_pk == bindparam("study"), migration_instances.c.sop_instance_uid == bindparam("uid"))
             .where(or_(*(migration_instances.c.state == state for state in ("pending", "failed", "mismatch"))))
             .values(state="migrated", reason=None, size=bindparam("nbytes"))
         )
+        conn.execute(statement, [dict(study=study.pk, uid=uid, nbytes=size) for uid, size in sizes.items()])
+
+    def record_study(self, study: PlannedStudy, state: str, message: str | None, attempts: int,
+                     found: dict[str, int], failed: dict[str, str]) -> None:  # fmt: skip
+        """A pulled study's outcome, in one transaction: the instances the archive holds now
+        ``migrated``, those still missing ``failed`` with their reasons
+        (SOP Instance UID -> reason), and the study's state (:meth:`set_study`)."""
+        by_reason: dict[str, list[str]] = {}
+        for uid, reason in failed.items():
+            by_reason.setdefault(reason, []).append(uid)
         with self.lock, self.writer.begin() as conn:
-            conn.execute(statement, [dict(study=study.pk, uid=uid, nbytes=size) for uid, size in sizes.items()])
+            if found:
+                self._mark_found(conn, study, found)
+            for reason, uids in by_reason.items():
+                self._mark(conn, study, uids, "failed", reason)
+            conn.execute(update(migration_studies).where(migration_studies.c.pk == study.pk)
+                         .values(state=state, message=message, attempts=attempts, updated_at=_now()))  # fmt: skip
 
     # --- progress ---------------------------------------------------------------------------
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import threading
 import time
 from contextlib import contextmanager, nullcontext
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 from ..access.gate import StoreAudit
 from ..access.principal import Principal
 from ..core.archive import Archive, StoreOutcome, StoreResult
+from .deferred import DeferredStores
 from .job import Job, JobStore, PlannedInstance, PlannedStudy
 from .mapping import Mapping, Rule
 from .sources import Source, SourceBusy, SourceError, open_source
@@ -31,8 +33,9 @@ from .throttle import Throttle, Window
 
 log = logging.getLogger(__name__)
 
-PLAN_AHEAD = 2  # studies listed ahead of the pulls, per association
+PLAN_AHEAD = 3  # studies in flight (listed ahead, pulling, settling), per association
 SETTLE_SECONDS = 1.0  # C-MOVE: how long to wait for serve's deferred commits to stop arriving
+COMMITTERS = 2  # threads committing the run's groups: one parses while the other commits
 
 
 @dataclass
@@ -136,6 +139,8 @@ class Runner:
         self.on_study = on_study
         self.stats = RunStats()
         self.slots = SourceSlots(self.associations + 1)  # the pulls, and the listing ahead of them
+        self._stores: DeferredStores[tuple[Deliverer, bytes]] | None = None
+        self._stores_lock = threading.Lock()
         # each study pulled is audited once per run, as stored by the job (access/gate.py)
         principal = Principal(name=f"migration:{job.name}", kind="service", roles=frozenset({"service"}),
                               auth_method="internal")  # fmt: skip
@@ -184,27 +189,48 @@ class Runner:
 
     def run(self, flush: bool = True) -> dict[str, Any]:
         """Migrate every study not done. ``flush``: move the objects this process left in the
-        write-back journal (durable in the index already) to the blob store before returning."""
+        write-back journal (durable in the index already) to the blob store before returning.
+
+        A pipeline: the lister thread lists studies ahead (:meth:`_list_ahead`), this thread
+        records their plans (:meth:`_planned`), each association's thread makes a study's first
+        pull and goes on to the next study while a settling thread waits for the study's commits,
+        checks it, retries what is missing and records it (:meth:`_settle`). C-GET and WADO-RS
+        objects are committed in groups behind the pulls (:meth:`_deferred`), C-MOVE's by ``serve``."""
         self.jobs.set_job(self.job, state="running")
         try:
             self.enumerate()
             todo = self.jobs.studies(self.job, ["pending", "failed"])
-            ahead = threading.BoundedSemaphore(self.associations * PLAN_AHEAD)
+            ahead = threading.BoundedSemaphore(self.associations * PLAN_AHEAD)  # studies in flight
+            settling: list[Future] = []
+            # C-MOVE under a rate limit is paced when a study is recorded: no overlap then
+            overlap = self.source.in_process or not self.throttle.paces
 
-            def migrate(study: PlannedStudy) -> None:
+            def settle(pull: _Pull) -> None:
                 try:
-                    self.migrate_study(study)
+                    self._settled(pull)
                 finally:
                     ahead.release()
 
-            with ThreadPoolExecutor(max_workers=self.associations, thread_name_prefix="migrate") as pool:
-                futures = [pool.submit(migrate, study) for study in self._planned_ahead(todo, ahead)]
-                for future in futures:
-                    future.result()
+            def migrate(listed: _Listed) -> None:
+                pull = self._pulled(listed)
+                if pull is None:
+                    ahead.release()
+                elif overlap:
+                    settling.append(settlers.submit(settle, pull))
+                else:
+                    settle(pull)
+
+            listed: queue.Queue[_Listed | BaseException | None] = queue.Queue()
+            threading.Thread(target=self._list_ahead, args=(todo, ahead, listed), name="migrate-list", daemon=True).start()
+            with ThreadPoolExecutor(max_workers=self.associations, thread_name_prefix="migrate-settle") as settlers:
+                with ThreadPoolExecutor(max_workers=self.associations, thread_name_prefix="migrate") as pool:
+                    futures = [pool.submit(migrate, item) for item in self._planned(listed)]
+                    for future in futures:
+                        future.result()
+            for future in settling:
+                future.result()
         finally:
-            close = getattr(self.source, "close", None)
-            if close is not None:
-                close()
+            self.close()
             if self.source.in_process and flush:
                 self.archive.flush_all()  # objects in the write-back journal go to the blob store
         progress = self.jobs.progress(self.job)
@@ -213,19 +239,66 @@ class Runner:
         self.job = self.jobs.get(self.job.name)  # the final report shows the state just set
         return self.jobs.progress(self.job)
 
-    def _planned_ahead(self, todo: list[PlannedStudy], ahead: threading.BoundedSemaphore) -> Iterator[PlannedStudy]:
-        """Each study, planned (listed at IMAGE level) on this thread while the pulls of the
-        ones before it run: listing and pulling overlap. At most ``ahead``'s count of studies
-        wait planned; a study whose listing fails goes on unplanned (its pull plans and records it)."""
-        for study in todo:
-            ahead.acquire()
-            if not study.planned:
+    def close(self) -> None:
+        """Commit what waits in the grouped commit, then let the source go."""
+        with self._stores_lock:
+            stores, self._stores = self._stores, None
+        if stores is not None:
+            stores.finish()
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
+
+    def _list_ahead(self, todo: list[PlannedStudy], ahead: threading.BoundedSemaphore, out: queue.Queue) -> None:
+        """Each study with its listing (IMAGE level), asked on the lister thread while the pulls
+        of the ones before it run: listing and pulling overlap. At most ``ahead``'s count of
+        studies are in flight; a study whose listing fails goes on unlisted (its pull lists it
+        again, with the retries). Ends with None, or the exception that stopped it."""
+        try:
+            for study in todo:
+                ahead.acquire()
+                found = None
+                if not study.planned:
+                    try:
+                        self.throttle.wait_for_window()
+                        with self.slots.held():
+                            found = self._once(self.source.instances, study)
+                    except Exception as exc:  # noqa: BLE001 - the pull lists it again, with the retries
+                        log.info("listing study %d ahead failed: %s", study.pk, exc)
+                out.put(_Listed(study, found))
+            out.put(None)
+        except BaseException as exc:  # noqa: BLE001 - the run raises it
+            out.put(exc)
+
+    def _planned(self, listed: queue.Queue) -> Iterator[_Listed]:
+        """The lister's studies, their plans recorded (those waiting together in one transaction:
+        the index's writer is shared with the commits, and neither the lister nor the pulls
+        should queue for it)."""
+        while True:
+            batch = [listed.get()]
+            while batch[-1] is not None and not isinstance(batch[-1], BaseException):
                 try:
-                    self.throttle.wait_for_window()
-                    study = replace(self.plan(study, retrying=False), planned=True)
-                except Exception as exc:  # noqa: BLE001 - migrate_study tries again, with the retries, and records it
-                    log.info("listing study %d ahead failed: %s", study.pk, exc)
-            yield study
+                    batch.append(listed.get_nowait())
+                except queue.Empty:
+                    break
+            items = [item for item in batch if isinstance(item, _Listed)]
+            yield from self._record_plans(items)
+            if not isinstance(batch[-1], _Listed):
+                if batch[-1] is not None:
+                    raise batch[-1]
+                return
+
+    def _record_plans(self, items: list[_Listed]) -> list[_Listed]:
+        plans = [(item.study, item.found, set(self.archive.catalog.instances_by_uid([i.sop_instance_uid for i in item.found])))
+                 for item in items if item.found is not None and not item.study.planned]  # fmt: skip
+        if not plans:
+            return items
+        try:
+            self.jobs.plan_studies(self.job, plans)
+        except Exception as exc:  # noqa: BLE001 - each pull plans its study again, and records a failure
+            log.warning("recording %d listed studies failed: %s", len(plans), exc)
+            return items
+        return [_Listed(replace(item.study, planned=True), None) if item.found is not None else item for item in items]
 
     def plan_all(self) -> dict[str, Any]:
         """Enumerate and list every study's instances, pulling nothing (what a run would move)."""
@@ -242,99 +315,134 @@ class Runner:
             list(pool.map(plan_one, todo))
         return self.jobs.progress(self.job)
 
-    def plan(self, study: PlannedStudy, retrying: bool = True) -> PlannedStudy:
+    def plan(self, study: PlannedStudy, found: list[PlannedInstance] | None = None) -> PlannedStudy:
+        """Record what the source holds of ``study`` (``found``, else listed now, with the retries)."""
         if study.planned:
             return study
-        if retrying:
+        if found is None:
             found = self._retrying(f"list study {study.pk}", lambda: self.source.instances(study))
-        else:
-            with self.slots.held():
-                found = self._once(self.source.instances, study)
         present = set(self.archive.catalog.instances_by_uid([i.sop_instance_uid for i in found]))
         self.jobs.plan_study(self.job, study, found, present)
         return study
 
     def migrate_study(self, study: PlannedStudy) -> None:
-        """Plan, pull and check one study; never raises (failures are recorded)."""
+        """Plan, pull, check and record one study; never raises (failures are recorded)."""
+        pull = self._pulled(_Listed(study, None))
+        if pull is not None:
+            self._settled(pull)
+
+    def _pulled(self, listed: _Listed) -> _Pull | None:
+        """The study planned and its first pull made; None when that failed (recorded)."""
+        study = listed.study
         try:
             self.throttle.wait_for_window()
-            self.plan(study)
-            self._pull_missing(study, previous=study.attempts)
+            self.plan(study, listed.found)
+            return self._begin(study, previous=study.attempts)
         except Exception as exc:  # noqa: BLE001 - one study's failure must not stop the others
-            log.warning("study %d failed: %s", study.pk, exc)
-            self.jobs.set_study(study, "failed", f"{exc.__class__.__name__}: {exc}", attempts=study.attempts + 1)
-            if self.on_study:
-                self.on_study(study, 0, 0)
+            self._failed(study, exc)
+            return None
 
-    def _found(self, study: PlannedStudy, wanted: list[PlannedInstance]) -> tuple[list[PlannedInstance], int, int]:
-        """Mark what the archive now holds as migrated; return what is still missing, and count/bytes found."""
+    def _settled(self, pull: _Pull) -> None:
+        try:
+            self._settle(pull)
+        except Exception as exc:  # noqa: BLE001 - one study's failure must not stop the others
+            self._failed(pull.study, exc)
+
+    def _failed(self, study: PlannedStudy, exc: Exception) -> None:
+        log.warning("study %d failed: %s", study.pk, exc)
+        self.jobs.set_study(study, "failed", f"{exc.__class__.__name__}: {exc}", attempts=study.attempts + 1)
+        if self.on_study:
+            self.on_study(study, 0, 0)
+
+    def _found(self, wanted: list[PlannedInstance]) -> tuple[list[PlannedInstance], dict[str, int]]:
+        """What of ``wanted`` the archive does not hold yet, and what it holds (UID -> stored size)."""
         stored = self.archive.catalog.instances_by_uid([i.sop_instance_uid for i in wanted])
-        if stored:
-            self.jobs.mark_found(study, {uid: s.size for uid, s in stored.items()})
-        return [i for i in wanted if i.sop_instance_uid not in stored], len(stored), sum(s.size for s in stored.values())
+        return [i for i in wanted if i.sop_instance_uid not in stored], {uid: s.size for uid, s in stored.items()}
 
-    def _found_settled(self, study: PlannedStudy, wanted: list[PlannedInstance]) -> tuple[list[PlannedInstance], int, int]:
+    def _found_settled(self, wanted: list[PlannedInstance]) -> tuple[list[PlannedInstance], dict[str, int]]:
         """:meth:`_found`, and for C-MOVE, while objects keep arriving in the index, again: ``serve``
         answers a migration's sub-operations before their grouped commit (deferred.py), so the
         last few may be committed just after the C-MOVE response."""
-        missing, count, nbytes = self._found(study, wanted)
+        missing, found = self._found(wanted)
         quiet_since = time.monotonic()
         while missing and not self.source.in_process and time.monotonic() - quiet_since < SETTLE_SECONDS:
             time.sleep(0.005)
-            missing, more, more_bytes = self._found(study, missing)
+            missing, more = self._found(missing)
             if more:
-                count, nbytes, quiet_since = count + more, nbytes + more_bytes, time.monotonic()
-        return missing, count, nbytes
+                found.update(more)
+                quiet_since = time.monotonic()
+        return missing, found
 
     def _pull_missing(self, study: PlannedStudy, previous: int = 0) -> None:
-        """Pull what is missing, up to ``retries`` + 1 times in this run (``previous``: attempts of earlier runs).
+        """Pull what is missing, up to ``retries`` + 1 times in this run (``previous``: attempts of
+        earlier runs), and record the outcome.
 
         A busy, refused or timed-out pull (at the association request or mid-transfer) keeps what
         arrived and is retried for the rest after the backoff; when the retries run out, the last
         error is each missing instance's reason."""
-        total = len(self.jobs.instances(study))
-        missing, count, nbytes = self._found(study, self.jobs.instances(study, ["pending", "failed", "mismatch"]))
-        rejected: dict[str, str] = {}
-        note = ""
-        tries = 0
-        with self.slots.held():  # kept through the retries (SourceSlots)
-            while missing:
-                tries += 1
-                everything = len(missing) == total
-                deliver = self._deliverer(study, rejected)
-                try:
-                    note = self._once(self.source.pull, study, missing, everything, deliver)
-                except SourceBusy as exc:
-                    note = str(exc)
-                    missing, more, more_bytes = self._found_settled(study, missing)
-                    count, nbytes = count + more, nbytes + more_bytes
-                    if not missing:
-                        note = ""  # everything had arrived before the error
-                        break
-                    if tries > self.retries:
-                        break
-                    self._backoff(f"pull study {study.pk}", exc, tries - 1)
-                    continue
-                except SourceError as exc:
-                    note = str(exc)
-                    missing, more, more_bytes = self._found(study, missing)
-                    count, nbytes = count + more, nbytes + more_bytes
-                    break
-                missing, more, more_bytes = self._found_settled(study, missing)
-                count, nbytes = count + more, nbytes + more_bytes
-                if missing and all(i.sop_instance_uid in rejected for i in missing):
-                    break  # the archive refused them: a retry gives the same answer
-                if tries > self.retries:
-                    break
+        self._settle(self._begin(study, previous))
+
+    def _begin(self, study: PlannedStudy, previous: int) -> _Pull:
+        """What the archive lacks of ``study``, and its first pull. A busy, refused or timed-out
+        first pull is retried here, keeping the association slot through the backoff (SourceSlots)."""
+        missing, found = self._found(self.jobs.instances(study, ["pending", "failed", "mismatch"]))
+        pull = _Pull(study, previous, len(self.jobs.instances(study)), missing, found)
+        if missing:
+            with self.slots.held():
+                self._attempt(pull)
+                while isinstance(pull.error, SourceBusy) and self._check(pull):
+                    self._attempt(pull)
+        return pull
+
+    def _attempt(self, pull: _Pull) -> None:
+        """One pull of what is missing; the caller holds an association slot."""
+        pull.tries += 1
+        pull.checked = False
+        pull.deliver = self._deliverer(pull.study, pull.rejected)
+        everything = len(pull.missing) == pull.total
+        try:
+            pull.note, pull.error = self._once(self.source.pull, pull.study, pull.missing, everything, pull.deliver), None
+        except SourceError as exc:
+            pull.note, pull.error = str(exc), exc
+
+    def _check(self, pull: _Pull) -> bool:
+        """After an attempt: wait for its commits and mark what arrived; whether to try again
+        (after the backoff, for a busy, refused or timed-out one)."""
+        assert pull.deliver is not None
+        pull.checked = True
+        pull.deliver.wait()
+        error = pull.error
+        found = self._found if error is not None and not isinstance(error, SourceBusy) else self._found_settled
+        pull.missing, more = found(pull.missing)
+        pull.found.update(more)
+        if isinstance(error, SourceBusy):
+            if not pull.missing:
+                pull.note = ""  # everything had arrived before the error
+                return False
+            if pull.tries > self.retries:
+                return False
+            self._backoff(f"pull study {pull.study.pk}", error, pull.tries - 1)
+            return True
+        if error is not None or not pull.missing or pull.tries > self.retries:
+            return False
+        return not all(i.sop_instance_uid in pull.rejected for i in pull.missing)  # refused: the same answer again
+
+    def _settle(self, pull: _Pull) -> None:
+        """Check the pull, try again for what is missing, and record the study."""
+        while pull.tries and not pull.checked and self._check(pull):
+            with self.slots.held():
+                self._attempt(pull)
+        study, missing = pull.study, pull.missing
+        count, nbytes = len(pull.found), sum(pull.found.values())
         if not self.source.in_process and count:
             self.throttle.acquire(count, nbytes)  # C-MOVE: pace the next study
-        for instance in missing:
-            reason = rejected.get(instance.sop_instance_uid) or note or "not received from the source"
-            self.jobs.mark_instances(study, [instance.sop_instance_uid], "failed", reason)
+        failed = {i.sop_instance_uid: pull.rejected.get(i.sop_instance_uid) or pull.note or "not received from the source"
+                  for i in missing}  # fmt: skip
         if missing:
-            self.jobs.set_study(study, "failed", f"{len(missing)} instance(s) missing: {note}".strip(": "), attempts=previous + tries)
+            state, message = "failed", f"{len(missing)} instance(s) missing: {pull.note}".strip(": ")
         else:
-            self.jobs.set_study(study, "done", note or None, attempts=previous + tries)
+            state, message = "done", pull.note or None
+        self.jobs.record_study(study, state, message, pull.previous + pull.tries, pull.found, failed)
         if count:
             self.audit.note(study.study_instance_uid, count)
         self.stats.add(1, count, nbytes)
@@ -344,42 +452,103 @@ class Runner:
     def _deliverer(self, study: PlannedStudy, rejected: dict[str, str]) -> Deliverer:
         return Deliverer(self, study, rejected)
 
+    # --- the grouped commit of what sources hand over (deferred.py) ------------------------------
+
+    def _deferred(self) -> DeferredStores[tuple[Deliverer, bytes]]:
+        """The run's grouped commit, started on first use."""
+        with self._stores_lock:
+            if self._stores is None:
+                self._stores = DeferredStores(self._store_group, threads=COMMITTERS)
+            return self._stores
+
+    def _store_group(self, items: list[tuple[Deliverer, bytes]]) -> None:
+        """One group of objects, of any of the run's pulls, in one commit."""
+        try:
+            stored = self._store([data for _deliverer, data in items])
+            for (deliverer, data), (coerced, result) in zip(items, stored, strict=True):
+                deliverer.noted(data, coerced, result)
+        finally:
+            for deliverer, _data in items:
+                deliverer.settled()
+
+    def _store(self, items: list[bytes]) -> list[tuple[bytes, StoreResult]]:
+        """Map, pace and store ``items`` with one commit (Archive.store_batch): each (as kept, result)."""
+        mapped = [self.mapping.apply(data) for data in items]
+        self.throttle.acquire(len(mapped), sum(len(m) for m in mapped))
+        if len(mapped) == 1:
+            results = [self.archive.store_bytes(mapped[0], source_aet=self.source_aet)]
+        else:
+            results = self.archive.store_batch([(m, None, None) for m in mapped], source_aet=self.source_aet, journal=False)
+        return list(zip(mapped, results, strict=True))
+
+
+@dataclass(frozen=True)
+class _Listed:
+    """A study to migrate, with what the source listed of it ahead of its pull (None: not yet)."""
+
+    study: PlannedStudy
+    found: list[PlannedInstance] | None
+
+
+@dataclass
+class _Pull:
+    """One study's pull in this run: from its first attempt (Runner._begin) to its record (Runner._settle)."""
+
+    study: PlannedStudy
+    previous: int  # attempts of earlier runs
+    total: int  # instances the source lists
+    missing: list[PlannedInstance]
+    found: dict[str, int]  # SOP Instance UID -> stored size, of what the archive holds now
+    rejected: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> why the archive refused it
+    deliver: Deliverer | None = None  # the last attempt's
+    error: SourceError | None = None  # the last attempt's
+    note: str = ""
+    tries: int = 0
+    checked: bool = False  # the last attempt's outcome is counted
+
 
 class Deliverer:
-    """Where a source hands what it pulled: one object (``deliver(item)``) or, for C-GET's
-    grouped commit (deferred.py), several at once (``deliver.many(items)``)."""
+    """Where a source hands what one pull brings: one object stored now (``deliver(item)``),
+    or objects for the run's grouped commit (``deliver.defer(data)``, then ``wait()``)."""
 
     def __init__(self, runner: Runner, study: PlannedStudy, rejected: dict[str, str]) -> None:
         self.runner, self.study, self.rejected = runner, study, rejected
+        self._handed = self._settled = 0  # objects deferred; of them, committed or refused
+        self._lock = threading.Lock()
 
     def __call__(self, item: bytes | Path) -> StoreResult:
         runner = self.runner
         if isinstance(item, Path) and runner.in_place:
             runner.throttle.acquire(1, 0)
-            return self._noted(runner.archive.store_in_place(item, source_aet=runner.source_aet))
-        return self.many([item.read_bytes() if isinstance(item, Path) else item])[0]
+            result = runner.archive.store_in_place(item, source_aet=runner.source_aet)
+            self.noted(b"", None, result)
+            return result
+        data = item.read_bytes() if isinstance(item, Path) else item
+        ((kept, result),) = runner._store([data])
+        self.noted(data, kept, result)
+        return result
 
-    def many(self, items: list[bytes]) -> list[StoreResult]:
-        """Map, pace and store ``items`` with one commit (Archive.store_batch)."""
-        runner = self.runner
-        mapped = [runner.mapping.apply(data) for data in items]
-        runner.throttle.acquire(len(mapped), sum(len(m) for m in mapped))
-        if len(mapped) == 1:
-            results = [runner.archive.store_bytes(mapped[0], source_aet=runner.source_aet)]
-        else:
-            results = runner.archive.store_batch([(m, None, None) for m in mapped], source_aet=runner.source_aet)
-        for data, coerced, result in zip(items, mapped, results, strict=True):
-            if coerced is not data and result.sop_instance_uid:
-                # coerced: verification compares the source with what it sent, not with what we keep
-                digest = hashlib.sha256(_dataset_part(data)).hexdigest()
-                runner.jobs.record_source_digest(self.study, result.sop_instance_uid, digest, len(data))
-            self._noted(result)
-        return results
+    def defer(self, data: bytes) -> None:
+        self._handed += 1
+        self.runner._deferred().submit((self, data), len(data))
 
-    def _noted(self, result: StoreResult) -> StoreResult:
+    def wait(self) -> None:
+        """Until every object deferred so far is committed or refused."""
+        if self._handed:
+            self.runner._deferred().wait_until(lambda: self._settled >= self._handed)
+
+    def settled(self) -> None:
+        with self._lock:
+            self._settled += 1
+
+    def noted(self, data: bytes, kept: bytes | None, result: StoreResult) -> None:
+        """Remember why the archive refused an object, and the digest of one it coerced."""
         if result.outcome is StoreOutcome.REJECTED and result.sop_instance_uid:
             self.rejected[result.sop_instance_uid] = f"rejected by the archive: {result.reason}: {result.message}"
-        return result
+        elif kept is not None and kept is not data and result.sop_instance_uid:
+            # coerced: verification compares the source with what it sent, not with what we keep
+            digest = hashlib.sha256(_dataset_part(data)).hexdigest()
+            self.runner.jobs.record_source_digest(self.study, result.sop_instance_uid, digest, len(data))
 
 
 def _dataset_part(data: bytes) -> bytes:

@@ -92,6 +92,11 @@ class Throttle:
             self._next = start + cost
         return start - now
 
+    @property
+    def paces(self) -> bool:
+        """Whether a rate limit is set."""
+        return bool(self.instances_per_second or self.bytes_per_second)
+
     def acquire(self, instances: int, nbytes: int) -> None:
         delay = self.reserve(instances, nbytes)
         if delay > 0:

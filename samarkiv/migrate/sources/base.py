@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 from ...core.archive import StoreResult
 from ..job import PlannedInstance, PlannedStudy
 
-# A pulled object: Part 10 bytes, or a file the source names (filesystem sources).
-Deliver = Callable[[bytes | Path], StoreResult]
+class Deliver(Protocol):
+    """Where a source hands what it pulls (the runner's Deliverer)."""
+
+    def __call__(self, item: bytes | Path) -> StoreResult:
+        """Store a pulled object now: Part 10 bytes, or a file the source names (filesystem sources)."""
+        ...
+
+    def defer(self, data: bytes) -> None:
+        """Hand over Part 10 bytes for the run's grouped commit (deferred.py): the source may
+        answer the sender at once; the runner waits for the commit before it reads the index."""
+        ...
 
 
 class SourceError(RuntimeError):

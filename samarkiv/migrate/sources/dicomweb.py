@@ -166,13 +166,13 @@ class DicomWebSource:
     def pull(self, study: PlannedStudy, wanted: list[PlannedInstance], everything: bool, deliver: Deliver) -> str:
         if everything:
             for data in self._retrieve(f"studies/{study.study_instance_uid}", f"WADO-RS study {study.study_instance_uid}"):
-                deliver(data)
+                deliver.defer(data)
             return ""
         gone = []
         for instance in wanted:
             try:
                 for data in self._retrieve(self._path(study, instance), f"WADO-RS instance {instance.sop_instance_uid}"):
-                    deliver(data)
+                    deliver.defer(data)
             except SourceBusy:
                 raise
             except SourceError as exc:

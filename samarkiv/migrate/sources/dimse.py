@@ -43,7 +43,6 @@ from pynetdicom.sop_class import (
 )
 
 from ...core.structure import inspect_buffer
-from ..deferred import DeferredStores
 from ..job import PlannedInstance, PlannedStudy
 from .base import Deliver, SourceBusy, SourceError
 from .requestor import Requestor, RetrieveResult
@@ -249,31 +248,25 @@ class DimseSource:
         return f"{what} status 0x{result.status:04X}, {result.failed} failed sub-operation(s)"
 
     def _get(self, identifiers: list[Dataset], sop_classes: set[str], deliver: Deliver) -> str:
-        """C-GET, storing the sub-operations on a few threads while the next ones arrive.
+        """C-GET, each sub-operation handed to the run's grouped commit as it arrives.
 
         Each C-STORE is answered as soon as its bytes are received, before its
         commit (the migration exception, deferred.py): the source keeps its
         copy, and what the job counts as migrated is read from the index after
-        the stores are drained. The stores waiting together are committed in
-        one transaction and one WAL sync (the catalog's group commit).
+        the commits.
         """
-        many = getattr(deliver, "many", None) or (lambda items: [deliver(item) for item in items])
-        pipeline: DeferredStores[bytes] = DeferredStores(many)
 
         def on_store(data: bytes) -> int:
-            pipeline.submit(data, len(data))
+            deliver.defer(data)
             return SUCCESS
 
         notes = []
+        assoc = self._get_association(sop_classes)
         try:
-            assoc = self._get_association(sop_classes)
-            try:
-                for identifier in identifiers:
-                    notes.append(self._note(assoc.get(GET, identifier, on_store)))
-            finally:
-                assoc.release()
+            for identifier in identifiers:
+                notes.append(self._note(assoc.get(GET, identifier, on_store)))
         finally:
-            pipeline.finish()
+            assoc.release()
         return "; ".join(n for n in notes if n)
 
     def fetch(self, study: PlannedStudy, instance: PlannedInstance) -> bytes | None:

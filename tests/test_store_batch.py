@@ -1,0 +1,93 @@
+"""Archive.store_batch: a group of objects in one commit (a migration's group, a STOW-RS request).
+
+New objects go in together (one savepoint, one multi-row INSERT per table); a group
+with an object that needs a decision falls back to one savepoint each, and every
+object still gets its own answer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom.uid import generate_uid
+from sqlalchemy import text
+
+from samarkiv.config import load_settings
+from samarkiv.core.archive import Archive, StoreOutcome
+from conftest import stored_object
+from test_store import make_ct
+
+
+def _archive(tmp_path: Path, index_url: str, extra: str = "") -> Archive:
+    config = tmp_path / "samarkiv.toml"
+    config.write_text(extra)
+    return Archive(load_settings(config, data=tmp_path / "data", index_url=index_url))
+
+
+def _objects(tmp_path: Path, count: int, **attrs: object) -> list[bytes]:
+    study, series = generate_uid(), generate_uid()
+    paths = [make_ct(tmp_path / f"ct{n}-{generate_uid()}.dcm", StudyInstanceUID=study, SeriesInstanceUID=series, **attrs)
+             for n in range(count)]  # fmt: skip
+    return [p.read_bytes() for p in paths]
+
+
+def _rows(archive: Archive, table: str) -> int:
+    with archive.engine.connect() as conn:
+        return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+
+def test_a_group_of_new_objects_is_stored_whole(tmp_path, index_url):
+    archive = _archive(tmp_path, index_url)
+    try:
+        group = _objects(tmp_path, 12)
+        results = archive.store_batch([(data, None, None) for data in group])
+        assert [r.outcome for r in results] == [StoreOutcome.STORED] * 12
+        stored = archive.catalog.instances_by_uid([r.sop_instance_uid for r in results])
+        assert len(stored) == 12
+        assert _rows(archive, "studies") == 1 and _rows(archive, "series") == 1
+        assert _rows(archive, "inline_blobs") == 12  # each object durable in the write-back journal
+        for result, data in zip(results, group, strict=True):
+            assert stored[result.sop_instance_uid].size == len(data)
+            assert stored_object(archive, stored[result.sop_instance_uid]) == data
+    finally:
+        archive.close()
+
+
+def test_a_known_object_in_a_group_gets_its_own_answer_and_the_rest_are_stored(tmp_path, index_url):
+    archive = _archive(tmp_path, index_url)
+    try:
+        group = _objects(tmp_path, 6)
+        first = archive.store_bytes(group[2])
+        assert first.outcome is StoreOutcome.STORED
+        other = make_ct(tmp_path / "other.dcm", SOPInstanceUID=first.sop_instance_uid, PatientName="Other^Content")
+        group.append(other.read_bytes())  # the same UID with other content: refused by default
+        results = archive.store_batch([(data, None, None) for data in group])
+        outcomes = [r.outcome for r in results]
+        assert outcomes == [StoreOutcome.STORED, StoreOutcome.STORED, StoreOutcome.DUPLICATE, StoreOutcome.STORED,
+                            StoreOutcome.STORED, StoreOutcome.STORED, StoreOutcome.REJECTED]  # fmt: skip
+        assert len(archive.catalog.instances_by_uid([r.sop_instance_uid for r in results])) == 6
+        assert _rows(archive, "instances") == 6
+    finally:
+        archive.close()
+
+
+def test_a_group_can_go_straight_to_blob_files(tmp_path, index_url):
+    """A migration's group (journal=False): blob files synced before the commit, nothing in the
+    write-back journal, and the file of an object that then needs a decision is not left behind."""
+    archive = _archive(tmp_path, index_url)
+    try:
+        group = _objects(tmp_path, 5)
+        first = archive.store_bytes(group[0])
+        archive.flush_all()
+        results = archive.store_batch([(data, None, None) for data in group], journal=False)
+        assert [r.outcome for r in results] == [StoreOutcome.DUPLICATE] + [StoreOutcome.STORED] * 4
+        assert _rows(archive, "inline_blobs") == 0
+        stored = archive.catalog.instances_by_uid([r.sop_instance_uid for r in results])
+        files = sorted(p for p in (tmp_path / "data" / "blobs").rglob("*.dcm"))
+        assert len(files) == 5  # one per instance: the duplicate's second file was removed
+        assert {str(p.relative_to(tmp_path / "data" / "blobs")) for p in files} == {s.blob_key for s in stored.values()}
+        for result, data in zip(results, group, strict=True):
+            assert stored_object(archive, stored[result.sop_instance_uid]) == data
+        assert first.sop_instance_uid == results[0].sop_instance_uid
+    finally:
+        archive.close()
