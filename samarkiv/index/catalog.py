@@ -343,17 +343,14 @@ class Catalog:
         if any(item.args[5] is not None for item in batch):  # replace
             return False
         known = self._local.known
-        rows: list[dict[str, Any]] = []
-        inline_rows: list[dict[str, Any]] = []
+        written: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
         try:
             with conn.begin_nested():
                 for item in batch:
-                    item.learned = {}
-                    row, inline_row = self._rows(conn, *item.args, item.learned)
+                    item.learned = self._add_instance(conn, *item.args, defer=written)
                     known.update(item.learned)
-                    rows.append(row)
-                    if inline_row is not None:
-                        inline_rows.append(inline_row)
+                rows = [row for row, _inline in written]
+                inline_rows = [inline for _row, inline in written if inline is not None]
                 if any(row.keys() != rows[0].keys() for row in rows):
                     raise _Isolate
                 conn.execute(insert(instances), rows)  # a known UID fails the unique index
@@ -392,39 +389,12 @@ class Catalog:
         inline: bytes | None,
         patient_ids: tuple[tuple[str, Issuer], ...],
         owner: Organisation | None,
+        defer: list[tuple[dict[str, Any], dict[str, Any] | None]] | None = None,
     ) -> dict:
-        """Write one instance's rows in the open transaction ``conn``; return the
-        keys learned (cached once committed)."""
+        """Write one instance's rows in the open transaction ``conn``; return the keys learned
+        (cached once committed). With ``defer``, its parent rows are written but its instance
+        and inline-blob rows appended there, for one INSERT of many (:meth:`_commit_together`)."""
         learned: dict = {}
-        row, inline_row = self._rows(conn, patient, study, series_values, instance, accept_patient_conflict,
-                                     replace, keep_replaced, inline, patient_ids, owner, learned)  # fmt: skip
-        if replace is not None:
-            self._replace(conn, replace, row, study, keep_replaced, row["stored_at"])
-        else:
-            inserted = conn.execute(self._insert_instance, row).first()
-            if inserted is None:
-                raise InstanceExists(instance["sop_instance_uid"])
-        if inline_row is not None:
-            conn.execute(self._insert_inline, inline_row)
-        return learned
-
-    def _rows(
-        self,
-        conn: Connection,
-        patient: dict[str, Any],
-        study: dict[str, Any],
-        series_values: dict[str, Any],
-        instance: dict[str, Any],
-        accept_patient_conflict: bool,
-        replace: StoredInstance | None,
-        keep_replaced: bool,
-        inline: bytes | None,
-        patient_ids: tuple[tuple[str, Issuer], ...],
-        owner: Organisation | None,
-        learned: dict,
-    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """One instance's parent rows written (or found) in ``conn``; its instance row and
-        inline-blob row built, not written. Keys learned go to ``learned``."""
         now = utcnow()
         instance = dict(instance)
         header = instance.pop("header", None)
@@ -468,7 +438,19 @@ class Catalog:
                 "metadata": zlib.compress(header, 1) if header else None,
             },
         )
-        return row, ({"key": row["blob_key"], "data": inline, "stored_at": now} if inline is not None else None)
+        inline_row = {"key": row["blob_key"], "data": inline, "stored_at": now} if inline is not None else None
+        if defer is not None:
+            defer.append((row, inline_row))
+            return learned
+        if replace is not None:
+            self._replace(conn, replace, row, study, keep_replaced, now)
+        else:
+            inserted = conn.execute(self._insert_instance, row).first()
+            if inserted is None:
+                raise InstanceExists(instance["sop_instance_uid"])
+        if inline_row is not None:
+            conn.execute(self._insert_inline, inline_row)
+        return learned
 
     def _patient_key(
         self,
