@@ -129,10 +129,10 @@ class Archive:
         self.blobs = next(iter(self.tiers.values()))
         self.staging = Path(getattr(self.blobs, "staging", data / "tmp"))
         self.metrics = Metrics()
-        # time.monotonic() of the last store and of the last query or retrieve:
-        # idle-time work (core/writeback.py) waits until both are quiet.
-        self.last_store = 0.0
-        self.last_request = 0.0
+        # time.monotonic() of the last store (begun or ended) and of the last query or
+        # retrieve: idle-time work (core/writeback.py) waits until both are quiet, counted
+        # from the start (time.monotonic() is the machine's uptime, not the process's).
+        self.last_store = self.last_request = time.monotonic()
         if run_migrations:
             sync_from_settings(writer or self.engine, settings)
         self._owners: dict[str | None, tuple[float, Organisation | None]] = {}
@@ -262,6 +262,7 @@ class Archive:
     def _observed(self, store, source, source_aet, expected_uid, expected_class) -> StoreResult:  # type: ignore[no-untyped-def]
         """Run one store with its metrics, its log line, and I/O errors as rejections."""
         started = time.perf_counter()
+        self.last_store = time.monotonic()  # a store in progress is not idle time
         try:
             result = store(source, source_aet, expected_uid, expected_class)
         except (OSError, SQLAlchemyError) as exc:
@@ -338,6 +339,7 @@ class Archive:
         sync), else write them to blob files, made durable together before the commit (a
         migration's groups: nothing is left to write back)."""
         started = time.perf_counter()
+        self.last_store = time.monotonic()  # a store in progress is not idle time
         owner = owner or self.owner_for(source_aet)
         results: list[StoreResult | None] = [None] * len(items)
         batch: list[tuple[int, str, int, dict]] = []  # (index, uid, size, add_instance arguments)

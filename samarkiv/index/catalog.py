@@ -340,8 +340,6 @@ class Catalog:
         one savepoint for all and one executemany INSERT per table instead of a savepoint and two
         statements each. False, with nothing of it kept, when any of them needs more (a
         replacement) or fails (a known UID, a patient conflict): the caller then isolates each."""
-        if any(item.args[5] is not None for item in batch):  # replace
-            return False
         known = self._local.known
         written: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
         try:
@@ -440,6 +438,8 @@ class Catalog:
         )
         inline_row = {"key": row["blob_key"], "data": inline, "stored_at": now} if inline is not None else None
         if defer is not None:
+            if replace is not None:
+                raise _Isolate  # a replacement is written on its own
             defer.append((row, inline_row))
             return learned
         if replace is not None:

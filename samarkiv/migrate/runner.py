@@ -289,7 +289,7 @@ class Runner:
                 return
 
     def _record_plans(self, items: list[_Listed]) -> list[_Listed]:
-        plans = [(item.study, item.found, set(self.archive.catalog.instances_by_uid([i.sop_instance_uid for i in item.found])))
+        plans = [(item.study, item.found, self._present(item.found))
                  for item in items if item.found is not None and not item.study.planned]  # fmt: skip
         if not plans:
             return items
@@ -321,15 +321,12 @@ class Runner:
             return study
         if found is None:
             found = self._retrying(f"list study {study.pk}", lambda: self.source.instances(study))
-        present = set(self.archive.catalog.instances_by_uid([i.sop_instance_uid for i in found]))
-        self.jobs.plan_study(self.job, study, found, present)
+        self.jobs.plan_study(self.job, study, found, self._present(found))
         return study
 
-    def migrate_study(self, study: PlannedStudy) -> None:
-        """Plan, pull, check and record one study; never raises (failures are recorded)."""
-        pull = self._pulled(_Listed(study, None))
-        if pull is not None:
-            self._settled(pull)
+    def _present(self, found: list[PlannedInstance]) -> set[str]:
+        """The SOP Instance UIDs of ``found`` the archive holds already."""
+        return set(self.archive.catalog.instances_by_uid([i.sop_instance_uid for i in found]))
 
     def _pulled(self, listed: _Listed) -> _Pull | None:
         """The study planned and its first pull made; None when that failed (recorded)."""
