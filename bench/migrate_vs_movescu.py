@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Migration throughput from Orthanc: ``samarkiv migrate`` against plain DCMTK.
 
-    .venv/bin/python bench/migrate_vs_movescu.py            # 20 studies x 20 CT instances
+    .venv/bin/python bench/migrate_vs_movescu.py            # 40 studies x 25 CT instances
     .venv/bin/python bench/migrate_vs_movescu.py --studies 10 --per-study 10
 
 Orthanc (Debian package) is filled with copies of a real CT sample, then the
@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -54,7 +55,7 @@ sys.path.insert(0, str(HERE))
 from benchkit import data as bdata  # noqa: E402
 from benchkit import dicom as bdicom  # noqa: E402
 from benchkit.flag import bench_flag  # noqa: E402
-from benchkit.servers import Orthanc, Profiler, Samarkiv, dcmtk_env, free_port, orthanc_version, spawn, stop_process  # noqa: E402
+from benchkit.servers import Orthanc, Profiler, Samarkiv, cpu_seconds, dcmtk_env, free_port, orthanc_version, spawn, stop_process  # noqa: E402
 
 MIGRATOR_AET, STORESCP_AET, DCMTK_AET = "SAMARKIV-MIG", "STORESCP", "DCMTKSCU"
 TARGET = 0.8
@@ -62,6 +63,25 @@ TARGET = 0.8
 
 def log(message: str) -> None:
     print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+class CpuMeter:
+    """CPU seconds (user + system) from here on: of the children this process reaped (DCMTK's
+    tools; samarkiv's C-GET workers), of this process too where it migrates (``own``), of a
+    ``serve`` process, and of Orthanc."""
+
+    def __init__(self, orthanc: Orthanc, serve_pid: int | None = None, own: bool = False) -> None:
+        self.orthanc, self.serve_pid, self.own = orthanc, serve_pid, own
+        self.start = self._now()
+
+    def _now(self) -> tuple[float, float, float]:
+        usages = [resource.getrusage(resource.RUSAGE_CHILDREN)] + ([resource.getrusage(resource.RUSAGE_SELF)] if self.own else [])
+        return (sum(u.ru_utime + u.ru_stime for u in usages), cpu_seconds(self.serve_pid) if self.serve_pid else 0.0,
+                cpu_seconds(self.orthanc.pid))  # fmt: skip
+
+    def read(self) -> dict[str, float]:
+        own, serve, orthanc = (round(b - a, 3) for a, b in zip(self.start, self._now(), strict=True))
+        return {"cpu_seconds": round(own + serve, 3), "orthanc_cpu_seconds": orthanc}
 
 
 # --- DCMTK ----------------------------------------------------------------------------------------
@@ -110,6 +130,7 @@ def dcmtk_pull(mode: str, orthanc: Orthanc, parallel: int, out: Path, storescp_p
         storescp = spawn(["storescp", "--fork", "-aet", STORESCP_AET, "-od", str(out), str(storescp_port)], out.parent / "storescp.log", dcmtk_env())
         time.sleep(0.5)
     try:
+        meter = CpuMeter(orthanc)
         started = time.perf_counter()
         queries = dcmtk_find(orthanc, out.parent / f"{out.name}-find")
         found = time.perf_counter()
@@ -126,12 +147,13 @@ def dcmtk_pull(mode: str, orthanc: Orthanc, parallel: int, out: Path, storescp_p
         errors = [err for proc in procs if (err := proc.communicate(timeout=600)[1]) and proc.returncode != 0]
         seconds = time.perf_counter() - started
     finally:
-        stop_process(storescp, timeout=10)
+        stop_process(storescp, timeout=10)  # reaped: its CPU (and its forks') counts below
+    cpu = meter.read()
     if errors:
         raise bdicom.BenchError(f"{mode}scu failed: {errors[0][-1000:]}")
     count, nbytes = received(out)
     return {"seconds": seconds, "find_seconds": found - started, "pull_seconds": seconds - (found - started),
-            "studies_found": len(queries), "instances": count, "bytes": nbytes}  # fmt: skip
+            "studies_found": len(queries), "instances": count, "bytes": nbytes, **cpu}  # fmt: skip
 
 
 # --- samarkiv -------------------------------------------------------------------------------------
@@ -157,19 +179,21 @@ def samarkiv_pull(mode: str, orthanc: Orthanc, parallel: int, data: Path, serve_
         serve_profile = profile.with_name(profile.name.replace("profile-migrate", "profile-serve")) if profile and server else None
         with Profiler(os.getpid() if profile else None, profile), \
                 Profiler(server.process.pid if serve_profile and server and server.process else None, serve_profile):
+            meter = CpuMeter(orthanc, server.process.pid if server and server.process else None, own=True)
             started = time.perf_counter()
             if split:
                 runner.plan_all()
             planned = time.perf_counter()
             result = runner.run(flush=False)
             seconds = time.perf_counter() - started
+            cpu = meter.read()
             archive.flush_all()  # the write-back journal to blob files: `serve` does it when idle, `migrate run` on exit
             flush_seconds = time.perf_counter() - started - seconds
         migrated = result["instances"].get("migrated", 0)
         if result["studies"] != {"done": result["studies_total"]}:
             raise bdicom.BenchError(f"migration incomplete: {result}")
         return {"seconds": seconds, "plan_seconds": planned - started, "pull_seconds": seconds - (planned - started),
-                "flush_seconds": flush_seconds, "instances": migrated, "bytes": result["bytes_migrated"]}  # fmt: skip
+                "flush_seconds": flush_seconds, **cpu, "instances": migrated, "bytes": result["bytes_migrated"]}  # fmt: skip
     finally:
         archive.close()
         if server is not None:
@@ -239,7 +263,8 @@ def inner(args: argparse.Namespace) -> dict[str, Any]:
                 entry["ratio"] = round(entry["samarkiv"]["instances_per_s"] / entry["dcmtk"]["instances_per_s"], 3)
                 entry["ratio_pull"] = round(entry["samarkiv"]["pull"]["instances_per_s"] / entry["dcmtk"]["pull"]["instances_per_s"], 3)
                 results[key] = entry
-                log(f"{key}: samarkiv {entry['samarkiv']['instances_per_s']} inst/s vs DCMTK {entry['dcmtk']['instances_per_s']} ({entry['ratio']:.0%})")
+                log(f"{key}: samarkiv {entry['samarkiv']['instances_per_s']} inst/s vs DCMTK {entry['dcmtk']['instances_per_s']} ({entry['ratio']:.0%}); "
+                    f"CPU s: samarkiv {ours['cpu_seconds']}, DCMTK {dcmtk['cpu_seconds']}, Orthanc {ours['orthanc_cpu_seconds']} / {dcmtk['orthanc_cpu_seconds']}")
     return {"instances": len(files.files), "bytes": files.total_bytes, "studies": args.studies, "repeat": args.repeat,
             "results": results}  # fmt: skip
 
@@ -268,14 +293,23 @@ def markdown(report: dict[str, Any]) -> str:
               "Pull only: both sides' pull phase, enumeration and planning timed apart.",
               "Write-back after: moving what the run left in the write-back journal to blob files, timed apart",
               "(C-MOVE: serve's journal, which serve writes back when idle; C-GET writes blob files during the run).",
-              f"Each figure is the median of {report['data'].get('repeat', 1)} runs, DCMTK and samarkiv interleaved."]  # fmt: skip
+              f"Each figure is the median of {report['data'].get('repeat', 1)} runs, DCMTK and samarkiv interleaved.",
+              "", "CPU seconds per 1,000 instances, end to end (the median runs): what each side spent, and what Orthanc",
+              "spent serving it. On a machine with few cores the sum bounds the rate.", "",
+              "| pull | assocs | samarkiv | DCMTK | Orthanc for samarkiv | Orthanc for DCMTK |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for key, r in report["data"]["results"].items():
+        mode, parallel = key.split("-")
+        s, d = r["samarkiv"], r["dcmtk"]
+        per = [1000 * side[k] / side["instances"] for side, k in ((s, "cpu_seconds"), (d, "cpu_seconds"), (s, "orthanc_cpu_seconds"),
+                                                                  (d, "orthanc_cpu_seconds"))]  # fmt: skip
+        lines.append(f"| C-{mode.upper()} | {parallel} | " + " | ".join(f"{v:.2f}" for v in per) + " |")
     return "\n".join(lines) + "\n"
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--studies", type=int, default=20)
-    parser.add_argument("--per-study", type=int, default=20)
+    parser.add_argument("--studies", type=int, default=40)
+    parser.add_argument("--per-study", type=int, default=25)
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure, both sides interleaved; the median is reported")
     parser.add_argument("--only", nargs="*", help="run only these of move-1 move-4 get-1 get-4")
     parser.add_argument("--profile", action="store_true", help="py-spy the migrating process during each samarkiv run")

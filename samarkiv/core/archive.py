@@ -329,6 +329,7 @@ class Archive:
         source_aet: str | None = None,
         owner: Organisation | None = None,
         journal: bool = True,
+        parsed: Sequence[ParsedInstance | None] | None = None,
     ) -> list[StoreResult]:
         """Store several Part 10 objects held in memory, ``(data, expected SOP Instance UID,
         expected SOP Class UID)`` each, with one commit: one transaction and one WAL sync
@@ -337,7 +338,8 @@ class Archive:
         larger than ``inline_max_bytes`` takes the one-at-a-time path of :meth:`store_bytes`.
         ``journal``: keep the objects in the write-back journal (the answer waits for one WAL
         sync), else write them to blob files, made durable together before the commit (a
-        migration's groups: nothing is left to write back)."""
+        migration's groups: nothing is left to write back). ``parsed``: each item's
+        ``parse_buffer`` result where the caller has it (a C-GET worker's, migrate/sources/getproc.py)."""
         started = time.perf_counter()
         self.last_store = time.monotonic()  # a store in progress is not idle time
         owner = owner or self.owner_for(source_aet)
@@ -349,13 +351,13 @@ class Archive:
             if owner is None or len(data) > self.settings.inline_max_bytes:
                 continue
             try:
-                parsed = parse_buffer(data, uid, cls)
+                parse = parsed[n] if parsed is not None and parsed[n] is not None else parse_buffer(data, uid, cls)
             except RejectedDataset:
                 continue  # store_bytes below says why
             key = f"{INLINE_PREFIX}{uuid.uuid4().hex}" if journal else _blob_key(now)
             digest = hashlib.sha256(data).hexdigest()
-            kwargs = self._commit_kwargs(parsed, key, len(data), digest, source_aet, owner, None, inline=data if journal else None)
-            batch.append((n, parsed.sop_instance_uid, len(data), kwargs))
+            kwargs = self._commit_kwargs(parse, key, len(data), digest, source_aet, owner, None, inline=data if journal else None)
+            batch.append((n, parse.sop_instance_uid, len(data), kwargs))
             if not journal:
                 files.append((key, data))
         try:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+
 import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 from sqlalchemy import Connection, Engine, String, delete, func, insert, select, update
@@ -37,15 +38,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@cache
+def _lengths(table) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """The length of each of ``table``'s sized string columns."""
+    return {c.name: c.type.length for c in table.c if isinstance(c.type, String) and c.type.length}
+
+
 def _clip(table, values: dict[str, Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Cut over-long strings to the column's length (non-conformant senders exist)."""
-    out = {}
-    for key, value in values.items():
-        column_type = table.c[key].type
-        if isinstance(value, str) and isinstance(column_type, String) and column_type.length:
-            value = value[: column_type.length]
-        out[key] = value
-    return out
+    lengths = _lengths(table)
+    return {key: value[: lengths[key]] if key in lengths and isinstance(value, str) else value for key, value in values.items()}
 
 
 class PatientConflict(Exception):
@@ -116,6 +118,7 @@ class Catalog:
         # to be committed; saves three lookups per stored instance.
         self._known: dict[tuple, Any] = {}
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._upserts: dict[str, Any] = {}  # table name -> INSERT .. ON CONFLICT DO NOTHING RETURNING (_upsert_key)
         # SQLite has one writer at a time; a thread that finds the lock taken
         # sleeps in SQLite's busy handler (1, 2, 5, 10 ms ...). Writers of this
         # process queue on a mutex instead and go the moment the lock is free.
@@ -213,9 +216,10 @@ class Catalog:
     def _upsert_key(self, conn: Connection, table, key: dict[str, Any], values: dict[str, Any]) -> Any:  # type: ignore[no-untyped-def]
         """Insert the row if absent (first writer wins), return the existing row:
         one statement for a new row (callers cache the rows they have seen)."""
-        row = conn.execute(
-            self._insert(table).values(**_clip(table, {**key, **values})).on_conflict_do_nothing().returning(*table.c)
-        ).first()
+        upsert = self._upserts.get(table.name)
+        if upsert is None:
+            upsert = self._upserts[table.name] = self._insert(table).on_conflict_do_nothing().returning(*table.c)
+        row = conn.execute(upsert, _clip(table, {**key, **values})).first()
         if row is None:
             row = conn.execute(select(table).where(*(table.c[k] == v for k, v in key.items()))).first()
         return row

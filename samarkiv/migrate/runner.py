@@ -25,6 +25,7 @@ from typing import Any
 from ..access.gate import StoreAudit
 from ..access.principal import Principal
 from ..core.archive import Archive, StoreOutcome, StoreResult
+from ..core.ingest import ParsedInstance
 from .deferred import DeferredStores
 from .job import Job, JobStore, PlannedInstance, PlannedStudy
 from .mapping import Mapping, Rule
@@ -139,7 +140,7 @@ class Runner:
         self.on_study = on_study
         self.stats = RunStats()
         self.slots = SourceSlots(self.associations + 1)  # the pulls, and the listing ahead of them
-        self._stores: DeferredStores[tuple[Deliverer, bytes]] | None = None
+        self._stores: DeferredStores[tuple[Deliverer, bytes, ParsedInstance | None]] | None = None
         self._stores_lock = threading.Lock()
         # each study pulled is audited once per run, as stored by the job (access/gate.py)
         principal = Principal(name=f"migration:{job.name}", kind="service", roles=frozenset({"service"}),
@@ -451,31 +452,34 @@ class Runner:
 
     # --- the grouped commit of what sources hand over (deferred.py) ------------------------------
 
-    def _deferred(self) -> DeferredStores[tuple[Deliverer, bytes]]:
+    def _deferred(self) -> DeferredStores[tuple[Deliverer, bytes, ParsedInstance | None]]:
         """The run's grouped commit, started on first use."""
         with self._stores_lock:
             if self._stores is None:
                 self._stores = DeferredStores(self._store_group, threads=COMMITTERS)
             return self._stores
 
-    def _store_group(self, items: list[tuple[Deliverer, bytes]]) -> None:
+    def _store_group(self, items: list[tuple[Deliverer, bytes, ParsedInstance | None]]) -> None:
         """One group of objects, of any of the run's pulls, in one commit."""
         try:
-            stored = self._store([data for _deliverer, data in items])
-            for (deliverer, data), (coerced, result) in zip(items, stored, strict=True):
+            stored = self._store([data for _deliverer, data, _parsed in items], [parsed for *_rest, parsed in items])
+            for (deliverer, data, _parsed), (coerced, result) in zip(items, stored, strict=True):
                 deliverer.noted(data, coerced, result)
         finally:
-            for deliverer, _data in items:
+            for deliverer, *_rest in items:
                 deliverer.settled()
 
-    def _store(self, items: list[bytes]) -> list[tuple[bytes, StoreResult]]:
-        """Map, pace and store ``items`` with one commit (Archive.store_batch): each (as kept, result)."""
+    def _store(self, items: list[bytes], parsed: list[ParsedInstance | None] | None = None) -> list[tuple[bytes, StoreResult]]:
+        """Map, pace and store ``items`` with one commit (Archive.store_batch): each (as kept, result).
+        ``parsed``: each item's parse, where a source made it (kept only for items the mapping left alone)."""
         mapped = [self.mapping.apply(data) for data in items]
         self.throttle.acquire(len(mapped), sum(len(m) for m in mapped))
         if len(mapped) == 1:
             results = [self.archive.store_bytes(mapped[0], source_aet=self.source_aet)]
         else:
-            results = self.archive.store_batch([(m, None, None) for m in mapped], source_aet=self.source_aet, journal=False)
+            parses = [p if m is data else None for p, m, data in zip(parsed, mapped, items, strict=True)] if parsed else None
+            results = self.archive.store_batch([(m, None, None) for m in mapped], source_aet=self.source_aet, journal=False,
+                                               parsed=parses)  # fmt: skip
         return list(zip(mapped, results, strict=True))
 
 
@@ -525,9 +529,9 @@ class Deliverer:
         self.noted(data, kept, result)
         return result
 
-    def defer(self, data: bytes) -> None:
+    def defer(self, data: bytes, parsed: ParsedInstance | None = None) -> None:
         self._handed += 1
-        self.runner._deferred().submit((self, data), len(data))
+        self.runner._deferred().submit((self, data, parsed), len(data))
 
     def wait(self) -> None:
         """Until every object deferred so far is committed or refused."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ...core.archive import StoreResult
+from ...core.ingest import ParsedInstance
 from ..job import PlannedInstance, PlannedStudy
 
 class Deliver(Protocol):
@@ -16,9 +17,10 @@ class Deliver(Protocol):
         """Store a pulled object now: Part 10 bytes, or a file the source names (filesystem sources)."""
         ...
 
-    def defer(self, data: bytes) -> None:
+    def defer(self, data: bytes, parsed: ParsedInstance | None = None) -> None:
         """Hand over Part 10 bytes for the run's grouped commit (deferred.py): the source may
-        answer the sender at once; the runner waits for the commit before it reads the index."""
+        answer the sender at once; the runner waits for the commit before it reads the index.
+        ``parsed``: the bytes already parsed for the index (a C-GET worker's, getproc.py)."""
         ...
 
 

@@ -14,6 +14,7 @@ associations than it has ``associations`` threads.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Iterator
 from datetime import date, timedelta
 from typing import Any
@@ -44,8 +45,9 @@ from pynetdicom.sop_class import (
 
 from ...core.structure import inspect_buffer
 from ..job import PlannedInstance, PlannedStudy
+from . import getproc
 from .base import Deliver, SourceBusy, SourceError
-from .requestor import Requestor, RetrieveResult
+from .requestor import IMPLICIT_LE, Requestor, RetrieveResult, decode_identifier, encode_identifier
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,28 @@ def _values(value: object) -> list[object]:
     return list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
 
 
+SERIES_UID, SOP_INSTANCE_UID, SOP_CLASS_UID = 0x0020000E, 0x00080018, 0x00080016
+
+
+def _image_uids(data: bytes, transfer_syntax: str) -> tuple[str, str, str]:
+    """(Series Instance UID, SOP Instance UID, SOP Class UID) of an IMAGE-level C-FIND answer,
+    "" where absent. Read by walking its Implicit VR Little Endian elements (PS3.5 7.1.3):
+    a listing has one answer per instance, and pydicom decoding them took most of the listing's
+    time. Anything else (another syntax, an element of undefined length) is decoded by pydicom."""
+    values: dict[int, str] = {}
+    pos, end = 0, len(data)
+    while transfer_syntax == IMPLICIT_LE and pos + 8 <= end:
+        group, element, length = struct.unpack_from("<HHI", data, pos)
+        if length == 0xFFFFFFFF or pos + 8 + length > end:
+            break
+        values[group << 16 | element] = data[pos + 8 : pos + 8 + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        pos += 8 + length
+    if pos != end or transfer_syntax != IMPLICIT_LE:
+        ds = decode_identifier(data, transfer_syntax)
+        values = {tag: str(ds[tag].value or "") for tag in (SERIES_UID, SOP_INSTANCE_UID, SOP_CLASS_UID) if tag in ds}
+    return values.get(SERIES_UID, ""), values.get(SOP_INSTANCE_UID, ""), values.get(SOP_CLASS_UID, "")
+
+
 def _day(text: str) -> date:
     return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
 
@@ -100,6 +124,8 @@ class DimseSource:
         self.max_results: int = int(options.get("max_results") or 0)
         self.timeout: float = float(options.get("timeout") or 30)
         self.in_process = self.mode == "get"
+        # C-GET pulls run in worker processes where they can be forked (getproc.py)
+        self._workers = getproc.GetWorkers() if self.in_process and getproc.available() else None
         if self.mode not in ("move", "get"):
             raise SourceError(f"mode must be move or get, not {self.mode!r}")
         if self.mode == "move" and not self.move_aet:
@@ -171,15 +197,14 @@ class DimseSource:
             q.SOPInstanceUID = ""
             if only is None:
                 q.SOPClassUID = ""
-            answers = assoc.find(FIND, q)
+            answers = assoc.find_encoded(FIND, q)
         finally:
             assoc.release()
         found = []
-        for answer in answers:
-            sop = str(answer.get("SOPInstanceUID", "") or "")
+        for data, syntax in answers:
+            series, sop, cls = _image_uids(data, syntax)
             if sop:
-                cls = only or str(answer.get("SOPClassUID", "") or "") or None
-                found.append(PlannedInstance(str(answer.get("SeriesInstanceUID", "")), sop, cls))
+                found.append(PlannedInstance(series, sop, only or cls or None))
         return found
 
     # --- pull ---------------------------------------------------------------------------------
@@ -248,26 +273,36 @@ class DimseSource:
         return f"{what} status 0x{result.status:04X}, {result.failed} failed sub-operation(s)"
 
     def _get(self, identifiers: list[Dataset], sop_classes: set[str], deliver: Deliver) -> str:
-        """C-GET, each sub-operation handed to the run's grouped commit as it arrives.
+        """C-GET over one association, each sub-operation handed to the run's grouped commit as it
+        arrives, by a worker process (getproc.py) where there is one.
 
         Each C-STORE is answered as soon as its bytes are received, before its
         commit (the migration exception, deferred.py): the source keeps its
         copy, and what the job counts as migrated is read from the index after
         the commits.
         """
+        if self._workers is not None:
+            contexts, roles = self._get_contexts(sop_classes)
+            job = getproc.GetJob(self.host, self.port, self.called_aet, self.calling_aet, self.timeout, contexts, roles,
+                                 GET, [encode_identifier(i) for i in identifiers])  # fmt: skip
+            results = self._workers.get(job, deliver)
+        else:
 
-        def on_store(data: bytes) -> int:
-            deliver.defer(data)
-            return SUCCESS
+            def on_store(data: bytes) -> int:
+                deliver.defer(data)
+                return SUCCESS
 
-        notes = []
-        assoc = self._get_association(sop_classes)
-        try:
-            for identifier in identifiers:
-                notes.append(self._note(assoc.get(GET, identifier, on_store)))
-        finally:
-            assoc.release()
-        return "; ".join(n for n in notes if n)
+            assoc = self._get_association(sop_classes)
+            try:
+                results = [assoc.get(GET, identifier, on_store) for identifier in identifiers]
+            finally:
+                assoc.release()
+        return "; ".join(n for n in map(self._note, results) if n)
+
+    def close(self) -> None:
+        """End the C-GET worker processes."""
+        if self._workers is not None:
+            self._workers.close()
 
     def fetch(self, study: PlannedStudy, instance: PlannedInstance) -> bytes | None:
         """C-GET one instance into memory: the dataset bytes exactly as the source sent them."""

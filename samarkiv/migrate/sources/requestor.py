@@ -51,14 +51,14 @@ class RetrieveResult:
     warning: int
 
 
-def _encode_identifier(identifier: Dataset) -> bytes:
+def encode_identifier(identifier: Dataset) -> bytes:
     fp = DicomBytesIO()
     fp.is_little_endian, fp.is_implicit_VR = True, True
     write_dataset(fp, identifier)
     return fp.getvalue()
 
 
-def _decode_identifier(data: bytes, transfer_syntax: str) -> Dataset:
+def decode_identifier(data: bytes, transfer_syntax: str) -> Dataset:
     from pydicom.filereader import read_dataset
 
     fp = DicomBytesIO(data)
@@ -218,15 +218,16 @@ class Requestor:
 
     # --- C-GET, C-MOVE, C-FIND ------------------------------------------------------------------------------
 
-    def get(self, get_class: str, identifier: Dataset, on_store: OnStore) -> RetrieveResult:
-        """One C-GET-RQ; every C-STORE sub-operation goes to ``on_store``; the final response's counts."""
+    def get(self, get_class: str, identifier: Dataset | bytes, on_store: OnStore) -> RetrieveResult:
+        """One C-GET-RQ (``identifier`` as a data set, or encoded Implicit VR Little Endian);
+        every C-STORE sub-operation goes to ``on_store``; the final response's counts."""
         return self._retrieve(get_class, identifier, on_store, None)
 
     def move(self, move_class: str, identifier: Dataset, destination: str) -> RetrieveResult:
         """One C-MOVE-RQ (PS3.7 9.1.4): the source sends to ``destination``; the final response's counts."""
         return self._retrieve(move_class, identifier, None, destination)
 
-    def _retrieve(self, sop_class: str, identifier: Dataset, on_store: OnStore | None, destination: str | None) -> RetrieveResult:
+    def _retrieve(self, sop_class: str, identifier: Dataset | bytes, on_store: OnStore | None, destination: str | None) -> RetrieveResult:
         what = self.doing = "C-MOVE" if destination else "C-GET"
         context_id = next((c for c, (abstract, _ts) in self.accepted.items() if abstract == sop_class), None)
         if context_id is None:
@@ -237,7 +238,8 @@ class Requestor:
             pdu.MESSAGE_ID: self.message_id, MOVE_DESTINATION: destination, pdu.PRIORITY: 0,
             pdu.DATASET_TYPE: pdu.DATASET_PRESENT,
         })  # fmt: skip
-        self._send_message(context_id, command, _encode_identifier(identifier))
+        encoded = identifier if isinstance(identifier, bytes) else encode_identifier(identifier)
+        self._send_message(context_id, command, encoded)
         for fields, data, pdv_context in self._messages(what):
             result = self._message(fields, data, pdv_context, on_store)
             if result is not None:
@@ -286,6 +288,10 @@ class Requestor:
 
     def find(self, find_class: str, identifier: Dataset) -> list[Dataset]:
         """One C-FIND-RQ; the identifiers of the pending responses (PS3.4 C.4.1.1)."""
+        return [decode_identifier(data, syntax) for data, syntax in self.find_encoded(find_class, identifier)]
+
+    def find_encoded(self, find_class: str, identifier: Dataset) -> list[tuple[bytes, str]]:
+        """:meth:`find`, each identifier as it came: (encoded data set, transfer syntax UID)."""
         context_id = next((c for c, (abstract, _ts) in self.accepted.items() if abstract == find_class), None)
         if context_id is None:
             raise SourceError("the source accepted no C-FIND presentation context")
@@ -295,14 +301,15 @@ class Requestor:
             pdu.AFFECTED_SOP_CLASS: find_class, pdu.COMMAND_FIELD: pdu.C_FIND_RQ, pdu.MESSAGE_ID: self.message_id,
             pdu.PRIORITY: 0, pdu.DATASET_TYPE: pdu.DATASET_PRESENT,
         })  # fmt: skip
-        self._send_message(context_id, command, _encode_identifier(identifier))
-        answers: list[Dataset] = []
+        self._send_message(context_id, command, encode_identifier(identifier))
+        syntax = self.accepted[context_id][1]
+        answers: list[tuple[bytes, str]] = []
         for fields, data, _context in self._messages("C-FIND"):
             if fields.get(pdu.COMMAND_FIELD) != pdu.C_FIND_RSP:
                 raise SourceError("C-FIND: unexpected DIMSE message")
             status = int(fields.get(pdu.STATUS, 0xFFFF))
             if data:
-                answers.append(_decode_identifier(data, self.accepted[context_id][1]))
+                answers.append((data, syntax))
             if status in PENDING:
                 continue
             if status == SUCCESS:

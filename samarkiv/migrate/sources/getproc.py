@@ -1,0 +1,211 @@
+"""C-GET associations run by worker processes: the DIMSE work off the migrating interpreter.
+
+Why: a C-GET sub-operation (PS3.4 C.4.3.3) is answered by the thread that reads
+it. In the migrating process that thread shares one interpreter lock with the
+grouped commits (parsing, index rows, blob files), so each answer waited for
+the lock and the source waited for each answer. A worker process reads the
+PDUs, parses each object for the index (core/ingest.py ``parse_buffer``),
+answers every C-STORE sub-operation as soon as the object and its parse are
+written to its socket pair, and the migrating process only takes them from
+there (``Deliver.defer``: they are answered before their commit, deferred.py).
+The socket pair's buffer bounds how far the worker runs ahead: backpressure on
+the source when the commits fall behind.
+
+Each worker is forked on first use (no interpreter start-up), points every
+descriptor it inherited at /dev/null (a listening socket of the parent must not
+stay open in it) but its end of the pair, and runs one association at a time
+for the thread that holds it. It ends when the pair closes: when the source is
+closed, or when the migrating process dies (a killed run leaves no workers).
+A worker that dies mid-pull fails that pull with SourceBusy, retried as usual.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import threading
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
+
+from ...core.ingest import ParsedInstance, RejectedDataset, parse_buffer
+from .base import Deliver, SourceBusy, SourceError, SourceTimeout
+from .requestor import Requestor, RetrieveResult
+
+SUCCESS = 0x0000
+BUFFER = 4 << 20  # bytes the worker may run ahead of the commits, per association
+OBJECT, DONE, FAILED = b"O", b"K", b"E"
+_ERRORS: dict[str, type[SourceError]] = {cls.__name__: cls for cls in (SourceError, SourceBusy, SourceTimeout)}
+
+
+@dataclass(frozen=True)
+class GetJob:
+    """One association's C-GETs: where, what to propose, and the encoded identifiers."""
+
+    host: str
+    port: int
+    called_aet: str
+    calling_aet: str
+    timeout: float
+    contexts: list[tuple[str, list[str]]]
+    roles: list[str]
+    get_class: str
+    identifiers: list[bytes]
+
+
+def available() -> bool:
+    """Whether worker processes can be forked here (POSIX)."""
+    return hasattr(os, "fork")
+
+
+class WorkerGone(SourceBusy):
+    """The worker process died or stopped answering: the pull is retried (a new worker)."""
+
+
+class GetWorker:
+    """One forked worker and the parent's end of its socket pair."""
+
+    def __init__(self) -> None:
+        parent, child = socket.socketpair()
+        for end in (parent, child):
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER)
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUFFER)
+        self.pid = os.fork()
+        if self.pid == 0:  # the worker
+            try:
+                parent.close()
+                _serve(Connection(child.detach()))
+            finally:
+                os._exit(0)
+        child.close()
+        self.conn = Connection(parent.detach())
+        self.timeout = 0.0
+
+    def get(self, job: GetJob, deliver: Deliver) -> list[RetrieveResult]:
+        """Run ``job`` in the worker, every object to ``deliver.defer``; the final responses, or
+        the source's error. The source's timeouts are the worker's; the worker itself gets
+        them twice over per frame, else WorkerGone."""
+        patience = 2 * job.timeout + 5
+        try:
+            self.conn.send_bytes(pickle.dumps(job))
+            while True:
+                if not self.conn.poll(patience):
+                    raise WorkerGone(f"the C-GET worker sent nothing for {patience:g}s")
+                frame = self.conn.recv_bytes()
+                answer = pickle.loads(frame[1:])
+                if frame[:1] == OBJECT:
+                    deliver.defer(*answer)
+                    continue
+                if frame[:1] == DONE:
+                    return answer
+                name, message = answer
+                raise _ERRORS.get(name, SourceError)(message)
+        except (EOFError, OSError) as exc:
+            raise WorkerGone(f"the C-GET worker process ended: {exc.__class__.__name__}") from None
+
+    def close(self) -> None:
+        """Close the pair: the worker ends; reap it."""
+        self.conn.close()
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+
+class GetWorkers:
+    """Idle workers, taken by one pulling thread at a time; a new one is forked when none is idle."""
+
+    def __init__(self) -> None:
+        self._idle: list[GetWorker] = []
+        self._all: list[GetWorker] = []
+        self._lock = threading.Lock()
+
+    def get(self, job: GetJob, deliver: Deliver) -> list[RetrieveResult]:
+        with self._lock:
+            worker = self._idle.pop() if self._idle else None
+        if worker is None:
+            worker = GetWorker()
+            with self._lock:
+                self._all.append(worker)
+        try:
+            results = worker.get(job, deliver)
+        except SourceError as exc:
+            if isinstance(exc, WorkerGone):
+                self._discard(worker)
+            else:
+                self._release(worker)  # the job ended with the source's answer
+            raise
+        except BaseException:
+            self._discard(worker)  # left mid-job
+            raise
+        self._release(worker)
+        return results
+
+    def _release(self, worker: GetWorker) -> None:
+        with self._lock:
+            self._idle.append(worker)
+
+    def _discard(self, worker: GetWorker) -> None:
+        with self._lock:
+            if worker in self._all:
+                self._all.remove(worker)
+        worker.close()
+
+    def close(self) -> None:
+        with self._lock:
+            workers, self._all, self._idle = self._all, [], []
+        for worker in workers:
+            worker.close()
+
+
+def _serve(conn: Connection) -> None:
+    """The worker: C-GET jobs until the pair closes."""
+    _forget_inherited(conn.fileno())
+
+    def on_store(data: bytes) -> int:
+        conn.send_bytes(OBJECT + pickle.dumps((data, _parsed(data)), protocol=pickle.HIGHEST_PROTOCOL))
+        return SUCCESS
+
+    while True:
+        try:
+            job: GetJob = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        try:
+            assoc = Requestor(job.host, job.port, job.called_aet, job.calling_aet, job.timeout)
+            assoc.open(job.contexts, job.roles)
+            try:
+                results = [assoc.get(job.get_class, identifier, on_store) for identifier in job.identifiers]
+            finally:
+                assoc.release()
+            conn.send_bytes(DONE + pickle.dumps(results))
+        except (EOFError, OSError):
+            return  # the migrating process is gone
+        except SourceError as exc:
+            conn.send_bytes(FAILED + pickle.dumps((type(exc).__name__, str(exc))))
+        except Exception as exc:  # noqa: BLE001 - reported to the pulling thread, which records it
+            conn.send_bytes(FAILED + pickle.dumps(("SourceError", f"{exc.__class__.__name__}: {exc}")))
+
+
+def _parsed(data: bytes) -> ParsedInstance | None:
+    """The object parsed for the index (Archive.store_batch), the element spans left out;
+    None when it does not parse (the migrating process then says why)."""
+    try:
+        parsed = parse_buffer(data)
+    except RejectedDataset:
+        return None
+    return replace(parsed, layout=replace(parsed.layout, spans=[]))
+
+
+def _forget_inherited(keep: int) -> None:
+    """Point every inherited descriptor but ``keep`` and the standard ones at /dev/null: their
+    files and sockets are released here, and their numbers stay taken (objects inherited
+    with them may still close them)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else []:
+        fd = int(name)
+        if fd > 2 and fd not in (keep, null):
+            try:
+                os.dup2(null, fd)
+            except OSError:
+                pass
