@@ -4,10 +4,11 @@ Why: a C-GET sub-operation (PS3.4 C.4.3.3) is answered by the thread that reads
 it. In the migrating process that thread shares one interpreter lock with the
 grouped commits (parsing, index rows, blob files), so each answer waited for
 the lock and the source waited for each answer. A worker process reads the
-PDUs, parses each object for the index (core/ingest.py ``parse_buffer``),
-answers every C-STORE sub-operation as soon as the object and its parse are
-written to its socket pair, and the migrating process only takes them from
-there (``Deliver.defer``: they are answered before their commit, deferred.py).
+PDUs, answers every C-STORE sub-operation as soon as the object is received,
+then (while the source sends the next) parses it for the index (core/ingest.py
+``parse_buffer``) and writes object and parse to its socket pair; the migrating
+process only takes them from there (``Deliver.defer``: they are answered
+before their commit, deferred.py).
 The socket pair's buffer bounds how far the worker runs ahead: backpressure on
 the source when the commits fall behind.
 
@@ -162,9 +163,8 @@ def _serve(conn: Connection) -> None:
     """The worker: C-GET jobs until the pair closes."""
     _forget_inherited(conn.fileno())
 
-    def on_store(data: bytes) -> int:
+    def answered(data: bytes) -> None:
         conn.send_bytes(OBJECT + pickle.dumps((data, _parsed(data)), protocol=pickle.HIGHEST_PROTOCOL))
-        return SUCCESS
 
     while True:
         try:
@@ -175,7 +175,7 @@ def _serve(conn: Connection) -> None:
             assoc = Requestor(job.host, job.port, job.called_aet, job.calling_aet, job.timeout)
             assoc.open(job.contexts, job.roles)
             try:
-                results = [assoc.get(job.get_class, identifier, on_store) for identifier in job.identifiers]
+                results = [assoc.get(job.get_class, identifier, _succeed, answered) for identifier in job.identifiers]
             finally:
                 assoc.release()
             conn.send_bytes(DONE + pickle.dumps(results))
@@ -185,6 +185,12 @@ def _serve(conn: Connection) -> None:
             conn.send_bytes(FAILED + pickle.dumps((type(exc).__name__, str(exc))))
         except Exception as exc:  # noqa: BLE001 - reported to the pulling thread, which records it
             conn.send_bytes(FAILED + pickle.dumps(("SourceError", f"{exc.__class__.__name__}: {exc}")))
+
+
+def _succeed(data: bytes) -> int:
+    """Every sub-operation is answered Success at once (the migration exception, deferred.py);
+    the object is parsed and handed over after the answer, while the source sends the next."""
+    return SUCCESS
 
 
 def _parsed(data: bytes) -> ParsedInstance | None:

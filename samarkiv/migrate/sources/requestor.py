@@ -76,6 +76,7 @@ class Requestor:
         self.peer_max = 16384
         self.message_id = 0
         self.doing = "association"  # what a timeout or a lost connection interrupted, for the message
+        self._answered: Callable[[bytes], None] | None = None  # the running C-GET's (get)
 
     # --- the Upper Layer -------------------------------------------------------------------
 
@@ -218,13 +219,18 @@ class Requestor:
 
     # --- C-GET, C-MOVE, C-FIND ------------------------------------------------------------------------------
 
-    def get(self, get_class: str, identifier: Dataset | bytes, on_store: OnStore) -> RetrieveResult:
+    def get(self, get_class: str, identifier: Dataset | bytes, on_store: OnStore,
+            answered: Callable[[bytes], None] | None = None) -> RetrieveResult:  # fmt: skip
         """One C-GET-RQ (``identifier`` as a data set, or encoded Implicit VR Little Endian);
-        every C-STORE sub-operation goes to ``on_store``; the final response's counts."""
+        every C-STORE sub-operation goes to ``on_store``, which gives the status to answer, then
+        to ``answered`` once the answer is sent (work the source need not wait for); the final
+        response's counts."""
+        self._answered = answered
         return self._retrieve(get_class, identifier, on_store, None)
 
     def move(self, move_class: str, identifier: Dataset, destination: str) -> RetrieveResult:
         """One C-MOVE-RQ (PS3.7 9.1.4): the source sends to ``destination``; the final response's counts."""
+        self._answered = None
         return self._retrieve(move_class, identifier, None, destination)
 
     def _retrieve(self, sop_class: str, identifier: Dataset | bytes, on_store: OnStore | None, destination: str | None) -> RetrieveResult:
@@ -326,9 +332,12 @@ class Requestor:
             ts = self.accepted.get(context_id, ("", IMPLICIT_LE))[1]
             if on_store is None:
                 raise SourceError("C-MOVE: the source sent a C-STORE on the move association")
-            status = on_store(pdu.file_meta(sop_class, sop_instance, ts, self.called) + data)
+            part10 = pdu.file_meta(sop_class, sop_instance, ts, self.called) + data
+            status = on_store(part10)
             response = pdu.encode_response(pdu.C_STORE_RSP, int(fields.get(pdu.MESSAGE_ID, 0)), status, sop_class, sop_instance)
             self._send_message(context_id, response, None)
+            if self._answered is not None:
+                self._answered(part10)
             return None
         if kind in (pdu.C_GET_RSP, C_MOVE_RSP):
             status = int(fields.get(pdu.STATUS, 0xFFFF))
