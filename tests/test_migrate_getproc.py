@@ -99,6 +99,26 @@ def test_a_killed_worker_fails_the_pull_as_busy_and_a_new_one_pulls(start_legacy
         source.close()
 
 
+def test_a_failed_delivery_leaves_no_worker_behind(start_legacy) -> None:  # type: ignore[no-untyped-def]
+    legacy = start_legacy()
+    study, wanted, _paths = _largest_study(legacy.files)
+    source = _source(legacy)
+
+    def refuse(count: int) -> None:
+        raise RuntimeError("the grouped commit is closed")
+
+    try:
+        source.pull(study, wanted, True, Collected())  # one idle worker to start with
+        (worker,) = source._workers._all
+        with pytest.raises(RuntimeError, match="closed"):
+            source.pull(study, wanted, True, Collected(refuse))
+        assert source._workers._all == []  # left mid-job: discarded, not reused
+        with pytest.raises(ChildProcessError):  # and reaped
+            os.waitpid(worker.pid, os.WNOHANG)
+    finally:
+        source.close()
+
+
 def test_worker_does_not_keep_a_listening_socket_it_inherited(start_legacy) -> None:  # type: ignore[no-untyped-def]
     legacy = start_legacy()
     study, wanted, _paths = _largest_study(legacy.files)

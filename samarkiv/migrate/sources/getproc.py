@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 
@@ -35,6 +37,7 @@ from .requestor import Requestor, RetrieveResult
 
 SUCCESS = 0x0000
 BUFFER = 4 << 20  # bytes the worker may run ahead of the commits, per association
+CLOSE_SECONDS = 5.0
 OBJECT, DONE, FAILED = b"O", b"K", b"E"
 _ERRORS: dict[str, type[SourceError]] = {cls.__name__: cls for cls in (SourceError, SourceBusy, SourceTimeout)}
 
@@ -71,16 +74,21 @@ class GetWorker:
         for end in (parent, child):
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER)
             end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUFFER)
-        self.pid = os.fork()
+        try:
+            self.pid = os.fork()
+        except OSError as exc:
+            parent.close()
+            child.close()
+            raise WorkerGone(f"cannot start a C-GET worker: {exc}") from None
         if self.pid == 0:  # the worker
             try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the migrating process decides when to stop
                 parent.close()
                 _serve(Connection(child.detach()))
             finally:
                 os._exit(0)
         child.close()
         self.conn = Connection(parent.detach())
-        self.timeout = 0.0
 
     def get(self, job: GetJob, deliver: Deliver) -> list[RetrieveResult]:
         """Run ``job`` in the worker, every object to ``deliver.defer``; the final responses, or
@@ -105,11 +113,18 @@ class GetWorker:
             raise WorkerGone(f"the C-GET worker process ended: {exc.__class__.__name__}") from None
 
     def close(self) -> None:
-        """Close the pair: the worker ends; reap it."""
+        """Close the pair and reap the worker: an idle one ends at once; one still in a C-GET
+        (left mid-job) is killed after CLOSE_SECONDS."""
         self.conn.close()
+        deadline = time.monotonic() + CLOSE_SECONDS
         try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
+            while os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() > deadline:
+                    os.kill(self.pid, signal.SIGKILL)
+                    os.waitpid(self.pid, 0)
+                    return
+                time.sleep(0.01)
+        except (ChildProcessError, ProcessLookupError):
             pass
 
 
@@ -176,8 +191,10 @@ def _serve(conn: Connection) -> None:
             assoc.open(job.contexts, job.roles)
             try:
                 results = [assoc.get(job.get_class, identifier, _succeed, answered) for identifier in job.identifiers]
-            finally:
-                assoc.release()
+            except BaseException:
+                assoc.abort()  # cut off mid-C-GET (here or at the source): a release would wait in vain
+                raise
+            assoc.release()
             conn.send_bytes(DONE + pickle.dumps(results))
         except (EOFError, OSError):
             return  # the migrating process is gone
