@@ -339,7 +339,8 @@ class Archive:
         ``journal``: keep the objects in the write-back journal (the answer waits for one WAL
         sync), else write them to blob files, made durable together before the commit (a
         migration's groups: nothing is left to write back). ``parsed``: each item's
-        ``parse_buffer`` result where the caller has it (a C-GET worker's, migrate/sources/getproc.py)."""
+        ``parse_buffer`` result where the caller has it (a C-GET worker's, migrate/sources/getproc.py),
+        trusted as it is (the expected UIDs are checked only where this method parses)."""
         started = time.perf_counter()
         self.last_store = time.monotonic()  # a store in progress is not idle time
         owner = owner or self.owner_for(source_aet)

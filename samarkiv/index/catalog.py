@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence

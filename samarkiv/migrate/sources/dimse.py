@@ -4,8 +4,9 @@ Studies are enumerated at STUDY level in Study Date windows (C.6.2.1) that are
 halved while an answer reaches ``max_results`` (many archives cap C-FIND
 answers), then each study is listed at IMAGE level. C-MOVE sends the objects
 to a running ``samarkiv serve`` (the job's ``move_aet``, which the source must
-know); C-GET (C.4.3) brings them into this process over the same association,
-with SCP/SCU role selection for each storage SOP class (PS3.7 D.3.3.4).
+know); C-GET (C.4.3) brings them over the same association, with SCP/SCU role
+selection for each storage SOP class (PS3.7 D.3.3.4), run by a worker process
+that hands them to this one (getproc.py).
 Every association is our own blocking-socket requestor (requestor.py), opened
 for one query or one study and released at once, so the job never holds more
 associations than it has ``associations`` threads.

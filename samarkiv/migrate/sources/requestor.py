@@ -76,7 +76,6 @@ class Requestor:
         self.peer_max = 16384
         self.message_id = 0
         self.doing = "association"  # what a timeout or a lost connection interrupted, for the message
-        self._answered: Callable[[bytes], None] | None = None  # the running C-GET's (get)
 
     # --- the Upper Layer -------------------------------------------------------------------
 
@@ -225,15 +224,14 @@ class Requestor:
         every C-STORE sub-operation goes to ``on_store``, which gives the status to answer, then
         to ``answered`` once the answer is sent (work the source need not wait for); the final
         response's counts."""
-        self._answered = answered
-        return self._retrieve(get_class, identifier, on_store, None)
+        return self._retrieve(get_class, identifier, on_store, None, answered)
 
     def move(self, move_class: str, identifier: Dataset, destination: str) -> RetrieveResult:
         """One C-MOVE-RQ (PS3.7 9.1.4): the source sends to ``destination``; the final response's counts."""
-        self._answered = None
         return self._retrieve(move_class, identifier, None, destination)
 
-    def _retrieve(self, sop_class: str, identifier: Dataset | bytes, on_store: OnStore | None, destination: str | None) -> RetrieveResult:
+    def _retrieve(self, sop_class: str, identifier: Dataset | bytes, on_store: OnStore | None, destination: str | None,
+                  answered: Callable[[bytes], None] | None = None) -> RetrieveResult:  # fmt: skip
         what = self.doing = "C-MOVE" if destination else "C-GET"
         context_id = next((c for c, (abstract, _ts) in self.accepted.items() if abstract == sop_class), None)
         if context_id is None:
@@ -247,7 +245,7 @@ class Requestor:
         encoded = identifier if isinstance(identifier, bytes) else encode_identifier(identifier)
         self._send_message(context_id, command, encoded)
         for fields, data, pdv_context in self._messages(what):
-            result = self._message(fields, data, pdv_context, on_store)
+            result = self._message(fields, data, pdv_context, on_store, answered)
             if result is not None:
                 return result
         raise AssertionError("unreachable")
@@ -325,7 +323,8 @@ class Requestor:
             raise SourceError(f"C-FIND failed: status 0x{status:04X}")
         raise AssertionError("unreachable")
 
-    def _message(self, fields: dict[int, int | str], data: bytes, context_id: int, on_store: OnStore | None) -> RetrieveResult | None:
+    def _message(self, fields: dict[int, int | str], data: bytes, context_id: int, on_store: OnStore | None,
+                 answered: Callable[[bytes], None] | None) -> RetrieveResult | None:  # fmt: skip
         kind = fields.get(pdu.COMMAND_FIELD)
         if kind == pdu.C_STORE_RQ:
             sop_class, sop_instance = str(fields.get(pdu.AFFECTED_SOP_CLASS, "")), str(fields.get(pdu.AFFECTED_SOP_INSTANCE, ""))
@@ -336,8 +335,8 @@ class Requestor:
             status = on_store(part10)
             response = pdu.encode_response(pdu.C_STORE_RSP, int(fields.get(pdu.MESSAGE_ID, 0)), status, sop_class, sop_instance)
             self._send_message(context_id, response, None)
-            if self._answered is not None:
-                self._answered(part10)
+            if answered is not None:
+                answered(part10)
             return None
         if kind in (pdu.C_GET_RSP, C_MOVE_RSP):
             status = int(fields.get(pdu.STATUS, 0xFFFF))
