@@ -4,6 +4,7 @@ listing's own decoding of C-FIND answers (sources/dimse.py ``_image_uids``)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ from samarkiv.migrate.job import PlannedInstance, PlannedStudy
 from samarkiv.migrate.sources import SourceBusy
 from samarkiv.migrate.sources.dimse import DimseSource, _image_uids
 from samarkiv.migrate.sources.requestor import IMPLICIT_LE, encode_identifier
+from samarkiv.storage.filesystem import StagedFile
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="C-GET workers are forked (POSIX only)")
 
@@ -31,13 +33,15 @@ class Collected:
 
     def __init__(self, on_object=None) -> None:  # type: ignore[no-untyped-def]
         self.objects: list[tuple[bytes, ParsedInstance | None]] = []
+        self.staged: list[StagedFile | None] = []
         self.on_object = on_object
 
     def __call__(self, item):  # type: ignore[no-untyped-def]
         raise AssertionError("a C-GET pull defers every object")
 
-    def defer(self, data: bytes, parsed: ParsedInstance | None = None) -> None:
+    def defer(self, data: bytes, parsed: ParsedInstance | None = None, staged: StagedFile | None = None) -> None:
         self.objects.append((data, parsed))
+        self.staged.append(staged)
         if self.on_object is not None:
             self.on_object(len(self.objects))
 
@@ -68,6 +72,7 @@ def test_worker_hands_over_the_source_bytes_parsed(start_legacy) -> None:  # typ
     finally:
         source.close()
     assert len(workers) == 1  # one association, one worker
+    assert collected.staged == [None] * len(wanted)  # nothing written unless asked
     assert len(collected.objects) == len(wanted) > 1
     for data, parsed in collected.objects:
         assert parsed is not None
@@ -77,6 +82,22 @@ def test_worker_hands_over_the_source_bytes_parsed(start_legacy) -> None:  # typ
         assert dataset_bytes(data) == dataset_bytes(paths[parsed.sop_instance_uid])
     with pytest.raises(ChildProcessError):  # closing the source reaped the worker
         os.waitpid(workers[0].pid, os.WNOHANG)
+
+
+def test_worker_writes_each_object_into_the_staging_folder_when_asked(start_legacy, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    legacy = start_legacy()
+    study, wanted, _paths = _largest_study(legacy.files)
+    source = _source(legacy)
+    source.staging = str(tmp_path)
+    collected = Collected()
+    try:
+        source.pull(study, wanted, True, collected)
+    finally:
+        source.close()
+    assert len(collected.staged) == len(wanted)
+    for (data, _parsed), staged in zip(collected.objects, collected.staged, strict=True):
+        assert staged is not None and staged.path.parent == tmp_path
+        assert staged.path.read_bytes() == data and staged.sha256 == hashlib.sha256(data).hexdigest()
 
 
 def test_a_killed_worker_fails_the_pull_as_busy_and_a_new_one_pulls(start_legacy) -> None:  # type: ignore[no-untyped-def]

@@ -91,3 +91,45 @@ def test_a_group_can_go_straight_to_blob_files(tmp_path, index_url):
         assert first.sop_instance_uid == results[0].sop_instance_uid
     finally:
         archive.close()
+
+
+def test_staged_files_are_renamed_into_place_and_unused_ones_removed(tmp_path, index_url):
+    """A migration's C-GET workers write each object into the staging folder themselves
+    (migrate/sources/getproc.py): the group renames those files into place instead of writing
+    the bytes again; a staged file whose object is not stored this way is removed."""
+    import hashlib
+
+    from samarkiv.storage.filesystem import StagedFile
+
+    archive = _archive(tmp_path, index_url)
+    try:
+        group = _objects(tmp_path, 4)
+        known = archive.store_bytes(group[3])  # in the archive already: stored the one-by-one way, refused
+        staged = []
+        for data in group:
+            path = archive.staging / f"{generate_uid()}.part"
+            path.write_bytes(data)
+            staged.append(StagedFile(path, hashlib.sha256(data).hexdigest()))
+        results = archive.store_batch([(data, None, None) for data in group], journal=False, staged=staged)
+        assert [r.outcome for r in results[:3]] == [StoreOutcome.STORED] * 3
+        assert results[3].sop_instance_uid == known.sop_instance_uid and results[3].outcome is not StoreOutcome.STORED
+        stored = archive.catalog.instances_by_uid([r.sop_instance_uid for r in results[:3]])
+        for result, data, file in zip(results[:3], group, staged, strict=False):
+            row = stored[result.sop_instance_uid]
+            assert archive.blobs.local_path(row.blob_key).read_bytes() == data
+            assert row.sha256 == file.sha256
+            assert not file.path.exists()  # moved, not copied
+        assert not staged[3].path.exists()  # the refused object's staged file is not left behind
+        assert _rows(archive, "inline_blobs") == 1  # only the one stored before, one by one
+
+        journaled = _objects(tmp_path, 2)  # into the write-back journal: the staged files are not used
+        unused = []
+        for data in journaled:
+            path = archive.staging / f"{generate_uid()}.part"
+            path.write_bytes(data)
+            unused.append(StagedFile(path, hashlib.sha256(data).hexdigest()))
+        results = archive.store_batch([(data, None, None) for data in journaled], staged=unused)
+        assert [r.outcome for r in results] == [StoreOutcome.STORED] * 2
+        assert _rows(archive, "inline_blobs") == 3 and not any(file.path.exists() for file in unused)
+    finally:
+        archive.close()

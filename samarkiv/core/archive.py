@@ -39,6 +39,7 @@ from ..index.engine import create_index_engine, migrate
 from ..index.query import PreparedQuery, Query, prepare
 from ..index.retrieval import RetrieveRequest, find_instances
 from ..storage.blobstore import BlobStore, sha256_of
+from ..storage.filesystem import StagedFile
 from ..storage.tiers import open_tiers
 from .ingest import ParsedInstance, RejectedDataset, parse_buffer, parse_instance
 from .metrics import Metrics
@@ -330,6 +331,7 @@ class Archive:
         owner: Organisation | None = None,
         journal: bool = True,
         parsed: Sequence[ParsedInstance | None] | None = None,
+        staged: Sequence[StagedFile | None] | None = None,
     ) -> list[StoreResult]:
         """Store several Part 10 objects held in memory, ``(data, expected SOP Instance UID,
         expected SOP Class UID)`` each, with one commit: one transaction and one WAL sync
@@ -340,7 +342,9 @@ class Archive:
         sync), else write them to blob files, made durable together before the commit (a
         migration's groups: nothing is left to write back). ``parsed``: each item's
         ``parse_buffer`` result where the caller has it (a C-GET worker's, migrate/sources/getproc.py),
-        trusted as it is (the expected UIDs are checked only where this method parses)."""
+        trusted as it is (the expected UIDs are checked only where this method parses);
+        ``staged``: each item's bytes already written into the blob store's staging folder (the
+        same worker's), renamed into place instead of written again, removed if not used."""
         started = time.perf_counter()
         self.last_store = time.monotonic()  # a store in progress is not idle time
         owner = owner or self.owner_for(source_aet)
@@ -356,11 +360,15 @@ class Archive:
             except RejectedDataset:
                 continue  # store_bytes below says why
             key = f"{INLINE_PREFIX}{uuid.uuid4().hex}" if journal else _blob_key(now)
-            digest = hashlib.sha256(data).hexdigest()
+            ready = staged[n] if staged is not None and not journal else None
+            digest = ready.sha256 if ready is not None else hashlib.sha256(data).hexdigest()
             kwargs = self._commit_kwargs(parse, key, len(data), digest, source_aet, owner, None, inline=data if journal else None)
             batch.append((n, parse.sop_instance_uid, len(data), kwargs))
             if not journal:
-                files.append((key, data))
+                files.append((key, ready.path if ready is not None else data))
+        used = {path for _key, path in files if isinstance(path, Path)}
+        for unused in [s.path for s in staged or () if s is not None and s.path not in used]:
+            unused.unlink(missing_ok=True)
         try:
             if files:
                 self.blobs.put_many(files)

@@ -26,6 +26,7 @@ from ..access.gate import StoreAudit
 from ..access.principal import Principal
 from ..core.archive import Archive, StoreOutcome, StoreResult
 from ..core.ingest import ParsedInstance
+from ..storage.filesystem import FilesystemBlobStore, StagedFile
 from .deferred import DeferredStores
 from .job import Job, JobStore, PlannedInstance, PlannedStudy
 from .mapping import Mapping, Rule
@@ -131,6 +132,8 @@ class Runner:
         self.source = source or open_source(job.source_kind, options)
         self.throttle = throttle_of(options)
         self.mapping = mapping_of(options)
+        if isinstance(archive.blobs, FilesystemBlobStore) and not self.mapping.active and hasattr(self.source, "staging"):
+            self.source.staging = str(archive.blobs.staging)  # C-GET workers write the blob files (getproc.py)
         self.in_place = bool(options.get("in_place"))
         self.source_aet: str | None = options.get("source_aet")
         self.associations = max(1, int(options.get("associations") or 1))
@@ -140,7 +143,7 @@ class Runner:
         self.on_study = on_study
         self.stats = RunStats()
         self.slots = SourceSlots(self.associations + 1)  # the pulls, and the listing ahead of them
-        self._stores: DeferredStores[tuple[Deliverer, bytes, ParsedInstance | None]] | None = None
+        self._stores: DeferredStores[_Handed] | None = None
         self._stores_lock = threading.Lock()
         # each study pulled is audited once per run, as stored by the job (access/gate.py)
         principal = Principal(name=f"migration:{job.name}", kind="service", roles=frozenset({"service"}),
@@ -452,34 +455,37 @@ class Runner:
 
     # --- the grouped commit of what sources hand over (deferred.py) ------------------------------
 
-    def _deferred(self) -> DeferredStores[tuple[Deliverer, bytes, ParsedInstance | None]]:
+    def _deferred(self) -> DeferredStores[_Handed]:
         """The run's grouped commit, started on first use."""
         with self._stores_lock:
             if self._stores is None:
                 self._stores = DeferredStores(self._store_group, threads=COMMITTERS)
             return self._stores
 
-    def _store_group(self, items: list[tuple[Deliverer, bytes, ParsedInstance | None]]) -> None:
+    def _store_group(self, items: list[_Handed]) -> None:
         """One group of objects, of any of the run's pulls, in one commit."""
         try:
-            stored = self._store([data for _deliverer, data, _parsed in items], [parsed for *_rest, parsed in items])
-            for (deliverer, data, _parsed), (coerced, result) in zip(items, stored, strict=True):
-                deliverer.noted(data, coerced, result)
+            stored = self._store([item.data for item in items], items)
+            for item, (coerced, result) in zip(items, stored, strict=True):
+                item.deliverer.noted(item.data, coerced, result)
         finally:
-            for deliverer, *_rest in items:
-                deliverer.settled()
+            for item in items:
+                item.deliverer.settled()
 
-    def _store(self, items: list[bytes], parsed: list[ParsedInstance | None] | None = None) -> list[tuple[bytes, StoreResult]]:
+    def _store(self, items: list[bytes], handed: list[_Handed] | None = None) -> list[tuple[bytes, StoreResult]]:
         """Map, pace and store ``items`` with one commit (Archive.store_batch): each (as kept, result).
-        ``parsed``: each item's parse, where a source made it (kept only for items the mapping left alone)."""
+        ``handed``: what the source made of each (its parse, its staged file), used where the
+        mapping left the object alone."""
         mapped = [self.mapping.apply(data) for data in items]
         self.throttle.acquire(len(mapped), sum(len(m) for m in mapped))
-        if len(mapped) == 1:
+        if len(mapped) == 1 and handed is None:
             results = [self.archive.store_bytes(mapped[0], source_aet=self.source_aet)]
         else:
-            parses = [p if m is data else None for p, m, data in zip(parsed, mapped, items, strict=True)] if parsed else None
-            results = self.archive.store_batch([(m, None, None) for m in mapped], source_aet=self.source_aet, journal=False,
-                                               parsed=parses)  # fmt: skip
+            made = [h if m is h.data else _Handed(h.deliverer, m) for h, m in zip(handed, mapped, strict=True)] if handed else None
+            results = self.archive.store_batch(
+                [(m, None, None) for m in mapped], source_aet=self.source_aet, journal=False,
+                parsed=[h.parsed for h in made] if made else None, staged=[h.staged for h in made] if made else None,
+            )  # fmt: skip
         return list(zip(mapped, results, strict=True))
 
 
@@ -508,6 +514,16 @@ class _Pull:
     checked: bool = False  # the last attempt's outcome is counted
 
 
+@dataclass(frozen=True)
+class _Handed:
+    """One object a source handed over for the grouped commit, with what it made of it already."""
+
+    deliverer: Deliverer
+    data: bytes
+    parsed: ParsedInstance | None = None
+    staged: StagedFile | None = None  # written into the blob store's staging folder
+
+
 class Deliverer:
     """Where a source hands what one pull brings: one object stored now (``deliver(item)``),
     or objects for the run's grouped commit (``deliver.defer(data)``, then ``wait()``)."""
@@ -529,9 +545,9 @@ class Deliverer:
         self.noted(data, kept, result)
         return result
 
-    def defer(self, data: bytes, parsed: ParsedInstance | None = None) -> None:
+    def defer(self, data: bytes, parsed: ParsedInstance | None = None, staged: StagedFile | None = None) -> None:
         self._handed += 1
-        self.runner._deferred().submit((self, data, parsed), len(data))
+        self.runner._deferred().submit(_Handed(self, data, parsed, staged), len(data))
 
     def wait(self) -> None:
         """Until every object deferred so far is committed or refused."""

@@ -8,7 +8,9 @@ from typing import Protocol
 
 from ...core.archive import StoreResult
 from ...core.ingest import ParsedInstance
+from ...storage.filesystem import StagedFile
 from ..job import PlannedInstance, PlannedStudy
+
 
 class Deliver(Protocol):
     """Where a source hands what it pulls (the runner's Deliverer)."""
@@ -17,10 +19,11 @@ class Deliver(Protocol):
         """Store a pulled object now: Part 10 bytes, or a file the source names (filesystem sources)."""
         ...
 
-    def defer(self, data: bytes, parsed: ParsedInstance | None = None) -> None:
+    def defer(self, data: bytes, parsed: ParsedInstance | None = None, staged: StagedFile | None = None) -> None:
         """Hand over Part 10 bytes for the run's grouped commit (deferred.py): the source may
         answer the sender at once; the runner waits for the commit before it reads the index.
-        ``parsed``: the bytes already parsed for the index (a C-GET worker's, getproc.py)."""
+        ``parsed``, ``staged``: the bytes already parsed for the index and written into the blob
+        store's staging folder (a C-GET worker's, getproc.py)."""
         ...
 
 

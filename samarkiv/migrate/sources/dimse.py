@@ -125,8 +125,10 @@ class DimseSource:
         self.max_results: int = int(options.get("max_results") or 0)
         self.timeout: float = float(options.get("timeout") or 30)
         self.in_process = self.mode == "get"
-        # C-GET pulls run in worker processes where they can be forked (getproc.py)
+        # C-GET pulls run in worker processes where they can be forked (getproc.py); ``staging``: the
+        # blob store's staging folder, where they write each object (set by the runner, when it can use them)
         self._workers = getproc.GetWorkers() if self.in_process and getproc.available() else None
+        self.staging: str | None = None
         if self.mode not in ("move", "get"):
             raise SourceError(f"mode must be move or get, not {self.mode!r}")
         if self.mode == "move" and not self.move_aet:
@@ -285,7 +287,7 @@ class DimseSource:
         if self._workers is not None:
             contexts, roles = self._get_contexts(sop_classes)
             job = getproc.GetJob(self.host, self.port, self.called_aet, self.calling_aet, self.timeout, contexts, roles,
-                                 GET, [encode_identifier(i) for i in identifiers])  # fmt: skip
+                                 GET, [encode_identifier(i) for i in identifiers], self.staging)  # fmt: skip
             results = self._workers.get(job, deliver)
         else:
 

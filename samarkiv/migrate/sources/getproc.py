@@ -6,9 +6,10 @@ grouped commits (parsing, index rows, blob files), so each answer waited for
 the lock and the source waited for each answer. A worker process reads the
 PDUs, answers every C-STORE sub-operation as soon as the object is received,
 then (while the source sends the next) parses it for the index (core/ingest.py
-``parse_buffer``) and writes object and parse to its socket pair; the migrating
-process only takes them from there (``Deliver.defer``: they are answered
-before their commit, deferred.py).
+``parse_buffer``), writes it into the blob store's staging folder where the
+migrating process asks for that (``StagedFile``) and writes object, parse and
+staged file to its socket pair; the migrating process only commits them
+(``Deliver.defer``: they are answered before their commit, deferred.py).
 The socket pair's buffer bounds how far the worker runs ahead: backpressure on
 the source when the commits fall behind.
 
@@ -22,16 +23,20 @@ A worker that dies mid-pull fails that pull with SourceBusy, retried as usual.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import signal
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass, replace
+from pathlib import Path
 from multiprocessing.connection import Connection
 
 from ...core.ingest import ParsedInstance, RejectedDataset, parse_buffer
+from ...storage.filesystem import StagedFile
 from .base import Deliver, SourceBusy, SourceError, SourceTimeout
 from .requestor import Requestor, RetrieveResult
 
@@ -55,6 +60,7 @@ class GetJob:
     roles: list[str]
     get_class: str
     identifiers: list[bytes]
+    staging: str | None = None  # where to write each object for the blob store (StagedFile), if anywhere
 
 
 def available() -> bool:
@@ -177,15 +183,17 @@ class GetWorkers:
 def _serve(conn: Connection) -> None:
     """The worker: C-GET jobs until the pair closes."""
     _forget_inherited(conn.fileno())
-
-    def answered(data: bytes) -> None:
-        conn.send_bytes(OBJECT + pickle.dumps((data, _parsed(data)), protocol=pickle.HIGHEST_PROTOCOL))
-
     while True:
         try:
             job: GetJob = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
+
+        def answered(data: bytes, staging: str | None = job.staging) -> None:
+            parsed = _parsed(data)
+            staged = _staged(data, staging) if staging and parsed is not None else None
+            conn.send_bytes(OBJECT + pickle.dumps((data, parsed, staged), protocol=pickle.HIGHEST_PROTOCOL))
+
         try:
             assoc = Requestor(job.host, job.port, job.called_aet, job.calling_aet, job.timeout)
             assoc.open(job.contexts, job.roles)
@@ -218,6 +226,18 @@ def _parsed(data: bytes) -> ParsedInstance | None:
     except RejectedDataset:
         return None
     return replace(parsed, layout=replace(parsed.layout, spans=[]))
+
+
+def _staged(data: bytes, staging: str) -> StagedFile | None:
+    """``data`` written into ``staging``; None if it cannot be (the grouped commit writes it)."""
+    path = Path(staging) / f"{uuid.uuid4().hex}.part"
+    try:
+        with open(path, "wb") as out:
+            out.write(data)
+    except OSError:
+        path.unlink(missing_ok=True)
+        return None
+    return StagedFile(path, hashlib.sha256(data).hexdigest())
 
 
 def _forget_inherited(keep: int) -> None:
