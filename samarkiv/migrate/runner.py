@@ -463,30 +463,30 @@ class Runner:
             return self._stores
 
     def _store_group(self, items: list[_Handed]) -> None:
-        """One group of objects, of any of the run's pulls, in one commit."""
+        """One group of objects, of any of the run's pulls, mapped, paced and stored with one
+        commit (Archive.store_batch). What a source made of an object (its parse, its staged
+        file) is used where the mapping left the object alone: the runner asks for staged files
+        only when no mapping applies (``__init__``)."""
         try:
-            stored = self._store([item.data for item in items], items)
-            for item, (coerced, result) in zip(items, stored, strict=True):
-                item.deliverer.noted(item.data, coerced, result)
+            kept = [self.mapping.apply(item.data) for item in items]
+            self.throttle.acquire(len(kept), sum(len(k) for k in kept))
+            same = [k is item.data for k, item in zip(kept, items, strict=True)]
+            results = self.archive.store_batch(
+                [(k, None, None) for k in kept], source_aet=self.source_aet, journal=False,
+                parsed=[item.parsed if s else None for item, s in zip(items, same, strict=True)],
+                staged=[item.staged if s else None for item, s in zip(items, same, strict=True)],
+            )  # fmt: skip
+            for item, k, result in zip(items, kept, results, strict=True):
+                item.deliverer.noted(item.data, k, result)
         finally:
             for item in items:
                 item.deliverer.settled()
 
-    def _store(self, items: list[bytes], handed: list[_Handed] | None = None) -> list[tuple[bytes, StoreResult]]:
-        """Map, pace and store ``items`` with one commit (Archive.store_batch): each (as kept, result).
-        ``handed``: what the source made of each (its parse, its staged file), used where the
-        mapping left the object alone."""
-        mapped = [self.mapping.apply(data) for data in items]
-        self.throttle.acquire(len(mapped), sum(len(m) for m in mapped))
-        if len(mapped) == 1 and handed is None:
-            results = [self.archive.store_bytes(mapped[0], source_aet=self.source_aet)]
-        else:
-            made = [h if m is h.data else _Handed(h.deliverer, m) for h, m in zip(handed, mapped, strict=True)] if handed else None
-            results = self.archive.store_batch(
-                [(m, None, None) for m in mapped], source_aet=self.source_aet, journal=False,
-                parsed=[h.parsed for h in made] if made else None, staged=[h.staged for h in made] if made else None,
-            )  # fmt: skip
-        return list(zip(mapped, results, strict=True))
+    def _store_one(self, data: bytes) -> tuple[bytes, StoreResult]:
+        """Map, pace and store one object now (Archive.store_bytes): (as kept, result)."""
+        kept = self.mapping.apply(data)
+        self.throttle.acquire(1, len(kept))
+        return kept, self.archive.store_bytes(kept, source_aet=self.source_aet)
 
 
 @dataclass(frozen=True)
@@ -541,7 +541,7 @@ class Deliverer:
             self.noted(b"", None, result)
             return result
         data = item.read_bytes() if isinstance(item, Path) else item
-        ((kept, result),) = runner._store([data])
+        kept, result = runner._store_one(data)
         self.noted(data, kept, result)
         return result
 

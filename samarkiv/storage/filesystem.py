@@ -52,6 +52,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_staged(folder: Path, data: bytes, *, sync: bool = False) -> Path:
+    """``data`` in a new ``.part`` file in ``folder`` (fsynced if ``sync``), removed again if
+    the write fails."""
+    path = folder / f"{uuid.uuid4().hex}.part"
+    try:
+        with open(path, "wb") as out:
+            out.write(data)
+            if sync:
+                out.flush()
+                os.fsync(out.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
 @dataclass(frozen=True)
 class StagedFile:
     """An object written into a store's staging folder by another process (a C-GET worker,
@@ -111,13 +127,7 @@ class FilesystemBlobStore:
                             os.fsync(written.fileno())
                     staged.append((data, key))
                     continue
-                path = self.staging / f"{uuid.uuid4().hex}.part"
-                staged.append((path, key))
-                with open(path, "wb") as out:
-                    out.write(data)
-                    if _SYNCFS is None:
-                        out.flush()
-                        os.fsync(out.fileno())
+                staged.append((write_staged(self.staging, data, sync=_SYNCFS is None), key))
             folders = {self._install(path, key, sync=False) for path, key in staged}
         except BaseException:
             for path, _key in staged:

@@ -295,11 +295,8 @@ class DimseSource:
                 deliver.defer(data)
                 return SUCCESS
 
-            assoc = self._get_association(sop_classes)
-            try:
+            with self._get_association(sop_classes) as assoc:
                 results = [assoc.get(GET, identifier, on_store) for identifier in identifiers]
-            finally:
-                assoc.release()
         return "; ".join(n for n in map(self._note, results) if n)
 
     def close(self) -> None:

@@ -30,13 +30,12 @@ import signal
 import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from multiprocessing.connection import Connection
 
 from ...core.ingest import ParsedInstance, RejectedDataset, parse_buffer
-from ...storage.filesystem import StagedFile
+from ...storage.filesystem import StagedFile, write_staged
 from .base import Deliver, SourceBusy, SourceError, SourceTimeout
 from .requestor import Requestor, RetrieveResult
 
@@ -151,11 +150,11 @@ class GetWorkers:
                 self._all.append(worker)
         try:
             results = worker.get(job, deliver)
-        except SourceError as exc:
-            if isinstance(exc, WorkerGone):
-                self._discard(worker)
-            else:
-                self._release(worker)  # the job ended with the source's answer
+        except WorkerGone:
+            self._discard(worker)
+            raise
+        except SourceError:
+            self._release(worker)  # the job ended with the source's answer
             raise
         except BaseException:
             self._discard(worker)  # left mid-job
@@ -195,14 +194,9 @@ def _serve(conn: Connection) -> None:
             conn.send_bytes(OBJECT + pickle.dumps((data, parsed, staged), protocol=pickle.HIGHEST_PROTOCOL))
 
         try:
-            assoc = Requestor(job.host, job.port, job.called_aet, job.calling_aet, job.timeout)
-            assoc.open(job.contexts, job.roles)
-            try:
+            with Requestor(job.host, job.port, job.called_aet, job.calling_aet, job.timeout) as assoc:
+                assoc.open(job.contexts, job.roles)
                 results = [assoc.get(job.get_class, identifier, _succeed, answered) for identifier in job.identifiers]
-            except BaseException:
-                assoc.abort()  # cut off mid-C-GET (here or at the source): a release would wait in vain
-                raise
-            assoc.release()
             conn.send_bytes(DONE + pickle.dumps(results))
         except (EOFError, OSError):
             return  # the migrating process is gone
@@ -230,14 +224,10 @@ def _parsed(data: bytes) -> ParsedInstance | None:
 
 def _staged(data: bytes, staging: str) -> StagedFile | None:
     """``data`` written into ``staging``; None if it cannot be (the grouped commit writes it)."""
-    path = Path(staging) / f"{uuid.uuid4().hex}.part"
     try:
-        with open(path, "wb") as out:
-            out.write(data)
+        return StagedFile(write_staged(Path(staging), data), hashlib.sha256(data).hexdigest())
     except OSError:
-        path.unlink(missing_ok=True)
         return None
-    return StagedFile(path, hashlib.sha256(data).hexdigest())
 
 
 def _forget_inherited(keep: int) -> None:

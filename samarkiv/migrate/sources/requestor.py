@@ -181,6 +181,17 @@ class Requestor:
                         (self.peer_max,) = struct.unpack_from(">I", value, sub + 4)
                     sub += 4 + sub_length
 
+    def __enter__(self) -> Requestor:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_rest: object) -> None:
+        """Release after a completed exchange; abort one cut off by an error (a source still
+        mid-C-GET or mid-C-MOVE would not answer an A-RELEASE-RQ: the release waited in vain)."""
+        if exc_type is None:
+            self.release()
+        else:
+            self.abort()
+
     def release(self) -> None:
         """A-RELEASE-RQ, then wait for the RP (PS3.8 9.3.6), at most the timeout (10 s at most) in all;
         a source that does not answer in time is aborted."""
