@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from functools import cache, partial
 from typing import Any
 
-from sqlalchemy import Connection, Engine, String, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, String, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -89,6 +89,12 @@ _STORED_COLUMNS = (
     instances.c.sha256,
     studies.c.study_instance_uid,
     series.c.series_instance_uid,
+)
+
+
+# built once: a statement built per call costs more than its execution (SQLAlchemy's cache key)
+_SIZES_BY_UID = select(instances.c.sop_instance_uid, instances.c.size).where(
+    instances.c.sop_instance_uid.in_(bindparam("uids", expanding=True))
 )
 
 
@@ -170,6 +176,15 @@ class Catalog:
                 query = stored_instances_select().where(instances.c.sop_instance_uid.in_(chunk))
                 for row in conn.execute(query):
                     found[row.sop_instance_uid] = StoredInstance(*row)
+        return found
+
+    def sizes_by_uid(self, uids: Sequence[str]) -> dict[str, int]:
+        """Stored size of each of ``uids`` the archive holds: :meth:`instances_by_uid` without the
+        joins and row objects, for callers that ask only which are held (a migration, per study)."""
+        found: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(uids), 500):
+                found.update(conn.execute(_SIZES_BY_UID, {"uids": list(uids[start : start + 500])}).all())
         return found
 
     def all_instances(self, batch: int = 1000) -> Iterator[StoredInstance]:

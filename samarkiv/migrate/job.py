@@ -27,6 +27,12 @@ from ..index.migrate_schema import (
 SOURCE_KINDS = ("dimse", "dicomweb", "filesystem")
 
 
+# what a study's plan holds already (built once, SQLAlchemy caches its compiled form)
+_PLANNED_UIDS = select(migration_instances.c.study_pk, migration_instances.c.sop_instance_uid).where(
+    migration_instances.c.study_pk.in_(bindparam("studies", expanding=True))
+)
+
+
 class JobError(ValueError):
     """A job that does not exist, exists already, or has bad options."""
 
@@ -157,15 +163,17 @@ class JobStore:
 
     def plan_studies(self, job: Job, plans: Sequence[tuple[PlannedStudy, Sequence[PlannedInstance], set[str]]]) -> None:
         """:meth:`plan_study` for several studies, in one transaction."""
+        known: dict[int, set[str]] = {}
+        with self.engine.connect() as conn:
+            for study_pk, uid in conn.execute(_PLANNED_UIDS, {"studies": [study.pk for study, _i, _p in plans]}):
+                known.setdefault(study_pk, set()).add(uid)
         rows = []
         for study, instances, present in plans:
-            with self.engine.connect() as conn:
-                known = set(conn.scalars(select(migration_instances.c.sop_instance_uid).where(migration_instances.c.study_pk == study.pk)))
             rows += [
                 dict(job_pk=job.pk, study_pk=study.pk, series_instance_uid=i.series_instance_uid, sop_instance_uid=i.sop_instance_uid,
                      sop_class_uid=i.sop_class_uid, source_ref=i.source_ref, size=i.size,
                      state="present" if i.sop_instance_uid in present else "pending")
-                for i in instances if i.sop_instance_uid not in known
+                for i in instances if i.sop_instance_uid not in known.get(study.pk, ())
             ]  # fmt: skip
         with self.lock, self.writer.begin() as conn:
             if rows:

@@ -293,16 +293,18 @@ class Runner:
                 return
 
     def _record_plans(self, items: list[_Listed]) -> list[_Listed]:
-        plans = [(item.study, item.found, self._present(item.found))
-                 for item in items if item.found is not None and not item.study.planned]  # fmt: skip
-        if not plans:
+        """Record the plans of the listed studies not planned yet, in one transaction; each comes
+        back planned, with the SOP Instance UIDs the archive held when it was recorded."""
+        fresh = {id(item): self._present(item.found) for item in items if item.found is not None and not item.study.planned}
+        if not fresh:
             return items
         try:
-            self.jobs.plan_studies(self.job, plans)
+            self.jobs.plan_studies(self.job, [(item.study, item.found, fresh[id(item)]) for item in items if id(item) in fresh])
         except Exception as exc:  # noqa: BLE001 - each pull plans its study again, and records a failure
-            log.warning("recording %d listed studies failed: %s", len(plans), exc)
+            log.warning("recording %d listed studies failed: %s", len(fresh), exc)
             return items
-        return [_Listed(replace(item.study, planned=True), None) if item.found is not None else item for item in items]
+        return [_Listed(replace(item.study, planned=True), item.found, fresh[id(item)]) if id(item) in fresh else item
+                for item in items]  # fmt: skip
 
     def plan_all(self) -> dict[str, Any]:
         """Enumerate and list every study's instances, pulling nothing (what a run would move)."""
@@ -330,15 +332,17 @@ class Runner:
 
     def _present(self, found: list[PlannedInstance]) -> set[str]:
         """The SOP Instance UIDs of ``found`` the archive holds already."""
-        return set(self.archive.catalog.instances_by_uid([i.sop_instance_uid for i in found]))
+        return set(self.archive.catalog.sizes_by_uid([i.sop_instance_uid for i in found]))
 
     def _pulled(self, listed: _Listed) -> _Pull | None:
         """The study planned and its first pull made; None when that failed (recorded)."""
         study = listed.study
         try:
             self.throttle.wait_for_window()
+            if listed.present is not None:
+                return self._begin(study, study.attempts, listed.found, listed.present)
             self.plan(study, listed.found)
-            return self._begin(study, previous=study.attempts)
+            return self._begin(study, study.attempts)
         except Exception as exc:  # noqa: BLE001 - one study's failure must not stop the others
             self._failed(study, exc)
             return None
@@ -357,8 +361,8 @@ class Runner:
 
     def _found(self, wanted: list[PlannedInstance]) -> tuple[list[PlannedInstance], dict[str, int]]:
         """What of ``wanted`` the archive does not hold yet, and what it holds (UID -> stored size)."""
-        stored = self.archive.catalog.instances_by_uid([i.sop_instance_uid for i in wanted])
-        return [i for i in wanted if i.sop_instance_uid not in stored], {uid: s.size for uid, s in stored.items()}
+        stored = self.archive.catalog.sizes_by_uid([i.sop_instance_uid for i in wanted])
+        return [i for i in wanted if i.sop_instance_uid not in stored], stored
 
     def _found_settled(self, wanted: list[PlannedInstance]) -> tuple[list[PlannedInstance], dict[str, int]]:
         """:meth:`_found`, and for C-MOVE, while objects keep arriving in the index, again: ``serve``
@@ -383,11 +387,18 @@ class Runner:
         error is each missing instance's reason."""
         self._settle(self._begin(study, previous))
 
-    def _begin(self, study: PlannedStudy, previous: int) -> _Pull:
+    def _begin(self, study: PlannedStudy, previous: int, planned: list[PlannedInstance] | None = None,
+               present: set[str] | None = None) -> _Pull:  # fmt: skip
         """What the archive lacks of ``study``, and its first pull. A busy, refused or timed-out
-        first pull is retried here, keeping the association slot through the backoff (SourceSlots)."""
-        missing, found = self._found(self.jobs.instances(study, ["pending", "failed", "mismatch"]))
-        pull = _Pull(study, previous, len(self.jobs.instances(study)), missing, found)
+        first pull is retried here, keeping the association slot through the backoff (SourceSlots).
+        ``planned`` and ``present``: the plan this run recorded a moment ago and what the archive
+        held then (the plan's ``pending`` instances are the rest), else both are read again."""
+        if planned is not None and present is not None:
+            missing, found, total = [i for i in planned if i.sop_instance_uid not in present], {}, len(planned)
+        else:
+            missing, found = self._found(self.jobs.instances(study, ["pending", "failed", "mismatch"]))
+            total = len(self.jobs.instances(study))
+        pull = _Pull(study, previous, total, missing, found)
         if missing:
             with self.slots.held():
                 self._attempt(pull)
@@ -491,10 +502,12 @@ class Runner:
 
 @dataclass(frozen=True)
 class _Listed:
-    """A study to migrate, with what the source listed of it ahead of its pull (None: not yet)."""
+    """A study to migrate, with what the source listed of it ahead of its pull (None: not yet)
+    and, once this run recorded that as its plan, what the archive held of it then."""
 
     study: PlannedStudy
     found: list[PlannedInstance] | None
+    present: set[str] | None = None
 
 
 @dataclass

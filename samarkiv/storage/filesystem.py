@@ -44,7 +44,7 @@ def _sync_filesystem(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -86,7 +86,7 @@ class FilesystemBlobStore:
         self.staging = Path(staging)
         self.root.mkdir(parents=True, exist_ok=True)
         self.staging.mkdir(parents=True, exist_ok=True)
-        self._known_dirs: set[Path] = set()
+        self._known_dirs: set[str] = set()
         self._root = str(self.root)
 
     def _path(self, key: str) -> Path:
@@ -98,13 +98,14 @@ class FilesystemBlobStore:
             raise ValueError(f"invalid blob key {key!r}")
         return f"{self._root}/{key}"
 
-    def _install(self, staged: Path, key: str, *, sync: bool = True) -> Path:
-        """Rename ``staged`` to ``key``'s path; return its folder (fsynced if ``sync``)."""
-        target = self._path(key)
-        parent = target.parent
+    def _install(self, staged: Path, key: str, *, sync: bool = True) -> str:
+        """Rename ``staged`` to ``key``'s path; return its folder (fsynced if ``sync``). Names are
+        strings: a migration installs hundreds a second, and pathlib parses every Path it makes."""
+        target = self._name(key)
+        parent = os.path.dirname(target)
         if parent not in self._known_dirs:
-            parent.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(parent.parent)
+            os.makedirs(parent, exist_ok=True)
+            _fsync_dir(os.path.dirname(parent))
             self._known_dirs.add(parent)
         os.replace(staged, target)
         if sync:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import select
 import signal
 import socket
 import threading
@@ -94,6 +95,8 @@ class GetWorker:
                 os._exit(0)
         child.close()
         self.conn = Connection(parent.detach())
+        self._readable = select.poll()  # made once: Connection.poll builds a selector per call
+        self._readable.register(self.conn.fileno(), select.POLLIN)
 
     def get(self, job: GetJob, deliver: Deliver) -> list[RetrieveResult]:
         """Run ``job`` in the worker, every object to ``deliver.defer``; the final responses, or
@@ -103,10 +106,10 @@ class GetWorker:
         try:
             self.conn.send_bytes(pickle.dumps(job))
             while True:
-                if not self.conn.poll(patience):
+                if not self._readable.poll(patience * 1000):
                     raise WorkerGone(f"the C-GET worker sent nothing for {patience:g}s")
                 frame = self.conn.recv_bytes()
-                answer = pickle.loads(frame[1:])
+                answer = pickle.loads(memoryview(frame)[1:])
                 if frame[:1] == OBJECT:
                     deliver.defer(*answer)
                     continue
