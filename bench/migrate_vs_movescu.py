@@ -25,10 +25,12 @@ Two figures per side, the same work on both:
 - pull only: samarkiv's pull phase (planning timed apart) against DCMTK's
   pull phase (findscu timed apart).
 
-The target (>= 80% of DCMTK) is held against the end-to-end figure: a
-migration starts from nothing but the source's address, so enumerating is
-part of the job on both sides (see bench/README.md). Rates are instances/s
-and MB/s of the objects received.
+The target (>= 80% of DCMTK) is held against the end-to-end figure of
+DCMTK movescu with as many associations (the issue's peer, for C-MOVE and
+C-GET alike); C-GET is also shown against getscu, like for like. A migration
+starts from nothing but the source's address, so enumerating is part of the
+job on both sides (see bench/README.md). Rates are instances/s and MB/s of
+the objects received.
 Everything runs in a private network namespace (``unshare -n``: Orthanc
 cannot bind to loopback only). /tmp/BENCH_RUNNING exists while it runs.
 Results: JSON and markdown in bench/results/.

@@ -53,6 +53,22 @@ def test_a_group_of_new_objects_is_stored_whole(tmp_path, index_url):
         archive.close()
 
 
+def test_sizes_by_uid_names_only_the_held_instances_across_chunks(tmp_path, index_url):
+    """The migration's per-study look-up: held UIDs with their stored sizes, asked 500 at a time."""
+    archive = _archive(tmp_path, index_url)
+    try:
+        group = _objects(tmp_path, 3)
+        results = archive.store_batch([(data, None, None) for data in group])
+        held = {r.sop_instance_uid: len(data) for r, data in zip(results, group, strict=True)}
+        asked = [generate_uid() for _ in range(1200)]
+        for n, uid in enumerate(held):
+            asked.insert(n * 550, uid)  # one in each chunk of 500
+        assert archive.catalog.sizes_by_uid(asked) == held
+        assert archive.catalog.sizes_by_uid([]) == {}
+    finally:
+        archive.close()
+
+
 def test_a_known_object_in_a_group_gets_its_own_answer_and_the_rest_are_stored(tmp_path, index_url):
     archive = _archive(tmp_path, index_url)
     try:
