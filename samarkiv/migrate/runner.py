@@ -295,16 +295,16 @@ class Runner:
     def _record_plans(self, items: list[_Listed]) -> list[_Listed]:
         """Record the plans of the listed studies not planned yet, in one transaction; each comes
         back planned, with the SOP Instance UIDs the archive held when it was recorded."""
-        fresh = {id(item): self._present(item.found) for item in items if item.found is not None and not item.study.planned}
+        fresh = {n: self._present(item.found) for n, item in enumerate(items) if item.found is not None and not item.study.planned}
         if not fresh:
             return items
         try:
-            self.jobs.plan_studies(self.job, [(item.study, item.found, fresh[id(item)]) for item in items if id(item) in fresh])
+            self.jobs.plan_studies(self.job, [(items[n].study, items[n].found, present) for n, present in fresh.items()])
         except Exception as exc:  # noqa: BLE001 - each pull plans its study again, and records a failure
             log.warning("recording %d listed studies failed: %s", len(fresh), exc)
             return items
-        return [_Listed(replace(item.study, planned=True), item.found, fresh[id(item)]) if id(item) in fresh else item
-                for item in items]  # fmt: skip
+        return [_Listed(replace(item.study, planned=True), item.found, fresh[n]) if n in fresh else item
+                for n, item in enumerate(items)]  # fmt: skip
 
     def plan_all(self) -> dict[str, Any]:
         """Enumerate and list every study's instances, pulling nothing (what a run would move)."""
