@@ -39,7 +39,7 @@ from ..index.engine import create_index_engine, migrate
 from ..index.query import PreparedQuery, Query, prepare
 from ..index.retrieval import RetrieveRequest, find_instances
 from ..storage.blobstore import BlobStore, sha256_of
-from ..storage.filesystem import StagedFile
+from ..storage.filesystem import StagedFile, new_staging_path
 from ..storage.tiers import open_tiers
 from .ingest import ParsedInstance, RejectedDataset, parse_buffer, parse_instance
 from .metrics import Metrics
@@ -194,7 +194,7 @@ class Archive:
     # --- store -------------------------------------------------------------------
 
     def new_staging_file(self) -> Path:
-        return self.staging / f"{uuid.uuid4().hex}.part"
+        return new_staging_path(self.staging)
 
     def store_stream(self, stream: BinaryIO, **kwargs) -> StoreResult:  # type: ignore[no-untyped-def]
         """Store a Part 10 file read from ``stream`` (import, uploads)."""

@@ -52,10 +52,15 @@ def _fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
+def new_staging_path(folder: Path) -> Path:
+    """A fresh ``.part`` name in a staging folder (``clear_staging`` removes what is left there)."""
+    return folder / f"{uuid.uuid4().hex}.part"
+
+
 def write_staged(folder: Path, data: bytes, *, sync: bool = False) -> Path:
     """``data`` in a new ``.part`` file in ``folder`` (fsynced if ``sync``), removed again if
     the write fails."""
-    path = folder / f"{uuid.uuid4().hex}.part"
+    path = new_staging_path(folder)
     try:
         with open(path, "wb") as out:
             out.write(data)
@@ -150,7 +155,7 @@ class FilesystemBlobStore:
         self._install(Path(path), key)
 
     def put_stream(self, key: str, stream: BinaryIO) -> Written:
-        staged = self.staging / f"{uuid.uuid4().hex}.part"
+        staged = new_staging_path(self.staging)
         digest = hashlib.sha256()
         size = 0
         try:
