@@ -7,6 +7,7 @@ CI=true, where .ci/run must have provided it and its absence is a failure.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -39,10 +40,28 @@ def require_tool(*names: str) -> None:
         require(shutil.which(name) is not None, f"{name} not installed (apt-get install dcmtk)")
 
 
+def _ephemeral_low() -> int:
+    """The first port the kernel hands to outgoing connections (net.ipv4.ip_local_port_range)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now, below the ephemeral range: a port from that range (what binding
+    port 0 gives) can be taken by any outgoing connection before the server binds it, which made a
+    test's serve fail with "Address already in use" under parallel runs."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(10000, low) if low > 10001 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def dcmtk_env() -> dict[str, str]:
