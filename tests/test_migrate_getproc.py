@@ -32,14 +32,14 @@ class Collected:
     """A Deliver that keeps what a pull hands over; ``on_object`` runs after each object."""
 
     def __init__(self, on_object=None) -> None:  # type: ignore[no-untyped-def]
-        self.objects: list[tuple[bytes, ParsedInstance | None]] = []
+        self.objects: list[tuple[bytes | None, ParsedInstance | None]] = []
         self.staged: list[StagedFile | None] = []
         self.on_object = on_object
 
     def __call__(self, item):  # type: ignore[no-untyped-def]
         raise AssertionError("a C-GET pull defers every object")
 
-    def defer(self, data: bytes, parsed: ParsedInstance | None = None, staged: StagedFile | None = None) -> None:
+    def defer(self, data: bytes | None, parsed: ParsedInstance | None = None, staged: StagedFile | None = None) -> None:
         self.objects.append((data, parsed))
         self.staged.append(staged)
         if self.on_object is not None:
@@ -85,8 +85,10 @@ def test_worker_hands_over_the_source_bytes_parsed(start_legacy) -> None:  # typ
 
 
 def test_worker_writes_each_object_into_the_staging_folder_when_asked(start_legacy, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A staged object's bytes are written once, into the staging folder, and not sent to the
+    migrating process: it gets the parse and the staged file (with its digest and size)."""
     legacy = start_legacy()
-    study, wanted, _paths = _largest_study(legacy.files)
+    study, wanted, paths = _largest_study(legacy.files)
     source = _source(legacy)
     source.staging = str(tmp_path)
     collected = Collected()
@@ -95,9 +97,13 @@ def test_worker_writes_each_object_into_the_staging_folder_when_asked(start_lega
     finally:
         source.close()
     assert len(collected.staged) == len(wanted)
-    for (data, _parsed), staged in zip(collected.objects, collected.staged, strict=True):
+    for (data, parsed), staged in zip(collected.objects, collected.staged, strict=True):
+        assert data is None and parsed is not None
         assert staged is not None and staged.path.parent == tmp_path
-        assert staged.path.read_bytes() == data and staged.sha256 == hashlib.sha256(data).hexdigest()
+        written = staged.path.read_bytes()
+        assert staged.size == len(written) and staged.sha256 == hashlib.sha256(written).hexdigest()
+        assert dataset_bytes(written) == dataset_bytes(paths[parsed.sop_instance_uid])
+        assert parse_buffer(written).instance == parsed.instance
 
 
 def test_a_killed_worker_fails_the_pull_as_busy_and_a_new_one_pulls(start_legacy) -> None:  # type: ignore[no-untyped-def]
@@ -182,3 +188,32 @@ def test_image_level_answers_are_read_without_pydicom_and_with_it_where_needed()
     assert _image_uids(_encoded(answer), IMPLICIT_LE) == expected
     del answer.SOPClassUID
     assert _image_uids(_encoded(answer), IMPLICIT_LE) == ("1.2.3.4", "1.2.3.4.5", "")
+
+
+def test_several_studies_are_listed_over_one_association(start_legacy, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The run's lister asks for several studies at once (DimseSource.instances_of): one
+    association for all of them, each study's listing exactly what the source holds, and a
+    study the source does not know listed empty."""
+    from pydicom.uid import generate_uid
+
+    from samarkiv.migrate.sources.requestor import Requestor
+
+    legacy = start_legacy()
+    held: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    classes = {}
+    for path in legacy.files:
+        ds = dcmread(path, stop_before_pixels=True)
+        held[str(ds.StudyInstanceUID)].add((str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)))
+        classes[str(ds.SOPInstanceUID)] = str(ds.SOPClassUID)
+    assert len(held) > 2
+    uids = [*sorted(held), generate_uid()]
+    studies = [PlannedStudy(n + 1, uid, None, None, "pending", False, 0) for n, uid in enumerate(uids)]
+    opened = []
+    real_open = Requestor.open
+    monkeypatch.setattr(Requestor, "open", lambda self, *a: (opened.append(self), real_open(self, *a))[1])
+    listings = _source(legacy).instances_of(studies)
+    assert len(opened) == 1
+    assert [{(i.series_instance_uid, i.sop_instance_uid) for i in listing} for listing in listings] == [
+        *(held[uid] for uid in uids[:-1]), set()]  # fmt: skip
+    # dcmqrscp names no SOP class at either level: left open (the C-GET proposes the common ones)
+    assert all(i.sop_class_uid in (None, classes[i.sop_instance_uid]) for listing in listings for i in listing)

@@ -109,23 +109,86 @@ def test_a_group_can_go_straight_to_blob_files(tmp_path, index_url):
         archive.close()
 
 
-def test_staged_files_are_renamed_into_place_and_unused_ones_removed(tmp_path, index_url):
-    """A migration's C-GET workers write each object into the staging folder themselves
-    (migrate/sources/getproc.py): the group renames those files into place instead of writing
-    the bytes again; a staged file whose object is not stored this way is removed."""
+def _staged(archive: Archive, data: bytes):  # type: ignore[no-untyped-def]
     import hashlib
 
     from samarkiv.storage.filesystem import StagedFile
 
+    path = archive.staging / f"{generate_uid()}.part"
+    path.write_bytes(data)
+    return StagedFile(path, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def test_objects_given_only_as_staged_files_are_stored_and_read_back_where_needed(tmp_path, index_url):
+    """A C-GET worker hands over the parse and the staged file, not the bytes (data None):
+    the group stores them from the files; one it must store the one-at-a-time way (a UID the
+    archive holds, a group kept in the write-back journal) is read back from its file."""
+    from samarkiv.core.ingest import parse_buffer
+
+    archive = _archive(tmp_path, index_url)
+    try:
+        group = _objects(tmp_path, 4)
+        known = archive.store_bytes(group[3])  # in the archive already: its commit in the group fails
+        staged = [_staged(archive, data) for data in group]
+        results = archive.store_batch([(None, None, None)] * 4, journal=False, parsed=[parse_buffer(d) for d in group],
+                                      staged=staged)  # fmt: skip
+        assert [r.outcome for r in results] == [StoreOutcome.STORED] * 3 + [StoreOutcome.DUPLICATE]
+        assert results[3].sop_instance_uid == known.sop_instance_uid
+        stored = archive.catalog.instances_by_uid([r.sop_instance_uid for r in results])
+        for result, data in zip(results, group, strict=True):
+            assert stored_object(archive, stored[result.sop_instance_uid]) == data
+        assert not any(file.path.exists() for file in staged)
+        assert _rows(archive, "instances") == 4
+
+        journaled = _objects(tmp_path, 2)  # into the journal, and one without its parse: both read from their files
+        staged = [_staged(archive, data) for data in journaled]
+        results = archive.store_batch([(None, None, None)] * 2, parsed=[parse_buffer(journaled[0]), None], staged=staged)
+        assert [r.outcome for r in results] == [StoreOutcome.STORED] * 2
+        stored = archive.catalog.instances_by_uid([r.sop_instance_uid for r in results])
+        for result, data in zip(results, journaled, strict=True):
+            assert stored_object(archive, stored[result.sop_instance_uid]) == data
+        assert not any(file.path.exists() for file in staged)
+    finally:
+        archive.close()
+
+
+def test_a_failed_group_write_stores_staged_only_objects_one_by_one_from_their_files(tmp_path, index_url, monkeypatch):
+    """The group's blob write fails (a full disk, faked: it cannot be made here) before any
+    rename: each object given only as a staged file is read from it and stored the
+    one-at-a-time way, none lost."""
+    import errno
+
+    from samarkiv.core.ingest import parse_buffer
+
+    archive = _archive(tmp_path, index_url)
+    try:
+        group = _objects(tmp_path, 3)
+        staged = [_staged(archive, data) for data in group]
+
+        def full(items):  # type: ignore[no-untyped-def]
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(archive.blobs, "put_many", full)
+        results = archive.store_batch([(None, None, None)] * 3, journal=False, parsed=[parse_buffer(d) for d in group],
+                                      staged=staged)  # fmt: skip
+        assert [r.outcome for r in results] == [StoreOutcome.STORED] * 3
+        stored = archive.catalog.instances_by_uid([r.sop_instance_uid for r in results])
+        for result, data in zip(results, group, strict=True):
+            assert stored_object(archive, stored[result.sop_instance_uid]) == data
+        assert not any(file.path.exists() for file in staged)  # read, then removed
+    finally:
+        archive.close()
+
+
+def test_staged_files_are_renamed_into_place_and_unused_ones_removed(tmp_path, index_url):
+    """A migration's C-GET workers write each object into the staging folder themselves
+    (migrate/sources/getproc.py): the group renames those files into place instead of writing
+    the bytes again; a staged file whose object is not stored this way is removed."""
     archive = _archive(tmp_path, index_url)
     try:
         group = _objects(tmp_path, 4)
         known = archive.store_bytes(group[3])  # in the archive already: stored the one-by-one way, refused
-        staged = []
-        for data in group:
-            path = archive.staging / f"{generate_uid()}.part"
-            path.write_bytes(data)
-            staged.append(StagedFile(path, hashlib.sha256(data).hexdigest()))
+        staged = [_staged(archive, data) for data in group]
         results = archive.store_batch([(data, None, None) for data in group], journal=False, staged=staged)
         assert [r.outcome for r in results[:3]] == [StoreOutcome.STORED] * 3
         assert results[3].sop_instance_uid == known.sop_instance_uid and results[3].outcome is not StoreOutcome.STORED
@@ -139,11 +202,7 @@ def test_staged_files_are_renamed_into_place_and_unused_ones_removed(tmp_path, i
         assert _rows(archive, "inline_blobs") == 1  # only the one stored before, one by one
 
         journaled = _objects(tmp_path, 2)  # into the write-back journal: the staged files are not used
-        unused = []
-        for data in journaled:
-            path = archive.staging / f"{generate_uid()}.part"
-            path.write_bytes(data)
-            unused.append(StagedFile(path, hashlib.sha256(data).hexdigest()))
+        unused = [_staged(archive, data) for data in journaled]
         results = archive.store_batch([(data, None, None) for data in journaled], staged=unused)
         assert [r.outcome for r in results] == [StoreOutcome.STORED] * 2
         assert _rows(archive, "inline_blobs") == 3 and not any(file.path.exists() for file in unused)

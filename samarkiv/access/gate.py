@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Connection, Result, and_, select
+from sqlalchemy import ColumnElement, Connection, Result, and_, bindparam, select
 
 from ..audit import AuditEvent
 from ..index.identity_schema import organisations, patient_identifiers
@@ -57,15 +57,19 @@ class Authorised:
         return bool(self.denied) and not self.allowed
 
 
+# built once: building it cost three times what running it did (measured, a migration's per-study audit)
+_STUDY_PERSONS = (
+    select(studies.c.study_instance_uid, patient_identifiers.c.person_pk)
+    .join(patients, patients.c.pk == studies.c.patient_pk)
+    .join(patient_identifiers, and_(patient_identifiers.c.value == patients.c.patient_id,
+                                    patient_identifiers.c.issuer == patients.c.issuer_of_patient_id))
+    .where(studies.c.study_instance_uid.in_(bindparam("uids", expanding=True)), patient_identifiers.c.person_pk.isnot(None))
+)  # fmt: skip
+
+
 def study_persons(conn: Connection, study_uids: Sequence[str]) -> Result[tuple[str, int]]:
     """(Study Instance UID, person pk) of each study's patient, one indexed query."""
-    pi = patient_identifiers
-    return conn.execute(
-        select(studies.c.study_instance_uid, pi.c.person_pk)
-        .join(patients, patients.c.pk == studies.c.patient_pk)
-        .join(pi, and_(pi.c.value == patients.c.patient_id, pi.c.issuer == patients.c.issuer_of_patient_id))
-        .where(studies.c.study_instance_uid.in_(study_uids), pi.c.person_pk.isnot(None))
-    )  # type: ignore[return-value]
+    return conn.execute(_STUDY_PERSONS, {"uids": list(study_uids)})  # type: ignore[return-value]
 
 
 def study_facts(conn: Connection, study_uids: Iterable[str]) -> dict[str, StudyFacts]:

