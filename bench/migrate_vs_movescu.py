@@ -265,7 +265,8 @@ def _figure(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def inner(args: argparse.Namespace) -> dict[str, Any]:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     work = args._work
-    files = bdata.make_files(work / "files", label="MIG", studies=args.studies, per_study=args.per_study, series_per_study=2)
+    files = bdata.make_files(work / "files", label="MIG", studies=args.studies, per_study=args.per_study, series_per_study=2,
+                             matrix=args.matrix)  # fmt: skip
     serve_port, storescp_port = free_port(), free_port()
     modalities = {
         "samarkiv": ["SAMARKIV", "127.0.0.1", serve_port], "migrator": [MIGRATOR_AET, "127.0.0.1", free_port()],
@@ -344,6 +345,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--studies", type=int, default=40)
     parser.add_argument("--per-study", type=int, default=25)
+    parser.add_argument("--matrix", type=int, help="image rows and columns (default CT_small's 128: 39 KB; 512: a clinical CT slice, 0.5 MB)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure, both sides interleaved; the median is reported")
     parser.add_argument("--only", nargs="*", help="run only these of move-1 move-4 get-1 get-4")
     parser.add_argument("--profile", action="store_true", help="py-spy the migrating process during each samarkiv run")

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from _dcmqrscp import LEGACY_AET, legacy_storage, start_legacy  # noqa: F401 - fixtures
+from conftest import stored_object
 from test_migrate_dimse import _assert_holds_exactly, _open, _status
 
 MIGRATOR = "SAMARKIV-MIG"
@@ -129,3 +130,38 @@ def test_ordinary_stores_are_still_answered_after_their_commit(make_archive, leg
     finally:
         archive.close()
     assert set(stored) == set(acknowledged)
+
+
+def test_the_cmove_intake_commits_its_groups_straight_to_blob_files(tmp_path, legacy_storage) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """``serve``'s C-MOVE intake writes a group's objects to blob files, made durable with the
+    commit, not into the write-back journal: nothing is left to write back after a migration."""
+    from sqlalchemy import text
+
+    from samarkiv.config import load_settings
+    from samarkiv.core.archive import INLINE_PREFIX, Archive
+    from samarkiv.migrate.deferred import MigrationIntake
+
+    _storage, files = legacy_storage
+    config = tmp_path / "samarkiv.toml"
+    config.write_text("journal_idle_seconds = 3600\n")  # no write-back while the test looks
+    archive = Archive(load_settings(config, data=tmp_path / "data"))
+    try:
+        intake = MigrationIntake(archive)
+        for path in files:
+            intake.submit(path.read_bytes(), "LEGACY", None, None)
+        intake.drain()
+        stored = archive.catalog.instances_by_uid([_sop_instance_uid(path) for path in files])
+        assert len(stored) == len(files)
+        assert not any(row.blob_key.startswith(INLINE_PREFIX) for row in stored.values())
+        with archive.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM inline_blobs")).scalar_one() == 0
+        by_uid = {_sop_instance_uid(path): path.read_bytes() for path in files}
+        assert all(stored_object(archive, row) == by_uid[uid] for uid, row in stored.items())
+    finally:
+        archive.close()
+
+
+def _sop_instance_uid(path: Path) -> str:
+    from pydicom import dcmread
+
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)

@@ -54,13 +54,22 @@ def make_files(
     per_study: int,
     series_per_study: int = 1,
     studies_per_patient: int = 1,
+    matrix: int | None = None,
 ) -> FileSet:
     """Copies of CT_small.dcm with fresh Study/Series/SOP Instance UIDs.
 
     Patient IDs are ``<label>-<n>``; files are in send order (study by study).
+    ``matrix``: rows and columns of the image (CT_small's 128x128 tiled), e.g. 512 for the
+    size of a clinical CT slice (about 0.5 MB) instead of 39 KB.
     """
     out.mkdir(parents=True, exist_ok=True)
     ds = pydicom.dcmread(CT_SMALL)
+    if matrix is not None and matrix != ds.Rows:
+        import numpy as np
+
+        tiles = -(-matrix // ds.Rows)
+        ds.PixelData = np.tile(ds.pixel_array, (tiles, tiles))[:matrix, :matrix].tobytes()
+        ds.Rows = ds.Columns = matrix
     root = run_root()
     files: list[Path] = []
     study_uids: list[str] = []

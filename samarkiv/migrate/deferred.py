@@ -22,7 +22,9 @@ files).
 C-MOVE (PS3.7 9.1.1.1.9, Move Originator Application Entity Title
 (0000,1030)): only an originator that is the calling AE title of a DIMSE
 migration job in state ``running`` is deferred; every other store keeps
-the fsync-before-ack rule.
+the fsync-before-ack rule. Its groups go straight to blob files too, not
+through the write-back journal (no byte written three times, nothing left
+to write back after the migration).
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ class MigrationIntake:
         for data, source_aet, uid, sop_class in items:
             by_sender.setdefault(source_aet, []).append((data, uid, sop_class))
         for source_aet, group in by_sender.items():
-            self.archive.store_batch(group, source_aet=source_aet)
+            self.archive.store_batch(group, source_aet=source_aet, journal=False)
 
     def drain(self) -> None:
         if self._stores is not None:
