@@ -161,7 +161,7 @@ class _RawValues:
         sequences: list[bytes] = []
         for tag, start, end in layout.spans:
             if tag in _INDEXED_TAGS:
-                header = 12 if explicit and buf[start + 4 : start + 6] in _LONG_VRS else 8
+                header = 12 if explicit and bytes(buf[start + 4 : start + 6]) in _LONG_VRS else 8
                 if tag in _US_TAGS and explicit and buf[start + 4 : start + 6] != b"US":
                     return None
                 raw[tag] = bytes(buf[start + header : end])

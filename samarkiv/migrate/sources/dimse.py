@@ -334,7 +334,7 @@ class DimseSource:
         else:
 
             def on_store(data: bytes) -> int:
-                deliver.defer(data)
+                deliver.defer(bytes(data))  # the requestor's buffer, made an immutable object
                 return SUCCESS
 
             with self._get_association(sop_classes) as assoc:
@@ -351,7 +351,7 @@ class DimseSource:
         received: list[bytes] = []
 
         def on_store(data: bytes) -> int:
-            received.append(data[inspect_buffer(data).dataset_offset :])
+            received.append(bytes(data[inspect_buffer(data).dataset_offset :]))
             return SUCCESS
 
         q = self._identifiers(study, [instance], False)[0]

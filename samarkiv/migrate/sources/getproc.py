@@ -197,7 +197,7 @@ def _serve(conn: Connection) -> None:
             staged = _staged(data, staging) if staging and parsed is not None else None
             # a staged object's bytes are not sent: the migrating process reads the file if it
             # ever needs them (Archive.store_batch), copying them here cost 6% of the run's CPU
-            sent = None if staged is not None else data
+            sent = None if staged is not None else bytes(data)
             conn.send_bytes(OBJECT + pickle.dumps((sent, parsed, staged), protocol=pickle.HIGHEST_PROTOCOL))
 
         try:
