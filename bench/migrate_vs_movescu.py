@@ -323,7 +323,7 @@ def markdown(report: dict[str, Any]) -> str:
               "peer, for C-MOVE and C-GET alike) or getscu.",
               "Pull only: each side's pull phase, enumeration and planning timed apart.",
               "Write-back after: moving what the run left in the write-back journal to blob files, timed apart",
-              "(C-MOVE: serve's journal, which serve writes back when idle; C-GET writes blob files during the run).",
+              "(none: C-GET's groups, and C-MOVE's in serve, go to blob files during the run).",
               f"Each figure is the median of {report['data'].get('repeat', 1)} runs, DCMTK and samarkiv interleaved.",
               "", "CPU seconds per 1,000 instances, end to end (the median runs): what each side spent, and what Orthanc",
               "spent serving it. On a machine with few cores the sum bounds the rate.", "",
