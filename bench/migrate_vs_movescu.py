@@ -222,7 +222,10 @@ def measure(args: argparse.Namespace, orthanc: Orthanc, mode: str, parallel: int
 
     Nothing is deleted until the whole run ends: on ext4, creating files soon after thousands were
     deleted costs about 0.8 ms of CPU each instead of 0.02-0.05 ms (the allocator passes over
-    recently freed inodes, measured here), and each side would pay for the other's clean-up."""
+    recently freed inodes, measured here), and each side would pay for the other's clean-up.
+    Each run starts with nothing dirty in the page cache (sync(2) before it): samarkiv's group
+    commits end in syncfs(2), which otherwise waited for the previous run's files as well (DCMTK's
+    tools write without syncing; 0.3 GB of 0.5 MB CT objects left that to the next run)."""
     key = f"{mode}-{parallel}"
     work = args._work
     peers = ["move", "get"] if mode == "get" else ["move"]
@@ -232,10 +235,13 @@ def measure(args: argparse.Namespace, orthanc: Orthanc, mode: str, parallel: int
         tag = f"{key}-{rep}"
         for peer in peers:
             log(f"{tag}: DCMTK findscu + {peer}scu")
+            os.sync()
             dcmtk_runs[peer].append(dcmtk_pull(peer, orthanc, parallel, work / f"dcmtk-{peer}-{tag}", storescp_port))
         log(f"{tag}: samarkiv migrate")
         profile = args.results / f"profile-migrate-{key}-{args.stamp}.txt" if args.profile and rep == 0 else None
+        os.sync()
         ours = samarkiv_pull(mode, orthanc, parallel, work / f"samarkiv-{tag}", serve_port, profile)
+        os.sync()
         split = samarkiv_pull(mode, orthanc, parallel, work / f"samarkiv-{tag}-split", serve_port, None, split=True)
         ours["plan_seconds"], ours["pull_seconds"] = split["plan_seconds"], split["pull_seconds"]
         for r in [ours, split, *(runs[-1] for runs in dcmtk_runs.values())]:
