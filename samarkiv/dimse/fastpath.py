@@ -116,18 +116,6 @@ def _choose_transfer_syntax(context: pdu.ProposedContext, *, sending: bool) -> s
     return known[0] if known else None
 
 
-def recv_exact(sock: socket.socket, size: int) -> bytearray:
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    while got < size:
-        n = sock.recv_into(view[got:], size - got)
-        if n == 0:
-            raise ConnectionError("peer closed the connection")
-        got += n
-    return buf
-
-
 class _Spool:
     """A received data set: in memory while it is small enough for the write-back
     journal, spilled to a staging file beyond that."""
@@ -203,8 +191,8 @@ class FastAssociation:
     # --- establishment (PS3.8 9.3.2-9.3.4) ---------------------------------------
 
     def negotiate(self) -> bool:
-        (length,) = struct.unpack(">I", recv_exact(self.sock, 6)[2:6])
-        rq = pdu.parse_associate_rq(bytes(recv_exact(self.sock, length)))
+        (length,) = struct.unpack(">I", pdu.recv_exact(self.sock, 6)[2:6])
+        rq = pdu.parse_associate_rq(bytes(pdu.recv_exact(self.sock, length)))
         self.calling_ae = rq.calling_ae
         self.peer_max_pdu = rq.max_pdu_length
         metrics = self.archive.metrics.associations
@@ -263,11 +251,11 @@ class FastAssociation:
     # --- receiving ------------------------------------------------------------------
 
     def _read_pdu(self) -> tuple[int, bytearray]:
-        header = recv_exact(self.sock, 6)
+        header = pdu.recv_exact(self.sock, 6)
         (length,) = struct.unpack(">I", header[2:6])
         if length > MAX_PDU_LENGTH + 16:
             raise pdu.ProtocolError(f"PDU of {length} bytes exceeds the negotiated maximum")
-        return header[0], recv_exact(self.sock, length)
+        return header[0], pdu.recv_exact(self.sock, length)
 
     def _serve_one_pdu(self) -> bool:
         """Handle the next PDU; False once the association is over."""

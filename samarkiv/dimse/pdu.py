@@ -10,6 +10,7 @@ nothing but Verification and Storage; everything else goes to pynetdicom.
 
 from __future__ import annotations
 
+import socket
 import struct
 from dataclasses import dataclass, field
 
@@ -166,6 +167,24 @@ def encode_pdata(context_id: int, payload: bytes, *, command: bool, last: bool) 
     header = (1 if command else 0) | (2 if last else 0)
     pdv = struct.pack(">IBB", len(payload) + 2, context_id, header) + payload
     return _pdu(P_DATA_TF, pdv)
+
+
+class PeerClosed(ConnectionError):
+    """The peer closed the connection before the bytes awaited came."""
+
+
+def recv_exact(sock: socket.socket, size: int) -> bytearray:
+    """``size`` bytes from ``sock``, received straight into one buffer (no chunks joined);
+    PeerClosed if the peer closes first. Each wait is bounded by the socket's timeout."""
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:], size - got)
+        if n == 0:
+            raise PeerClosed("peer closed the connection")
+        got += n
+    return buf
 
 
 def iter_pdvs(body: bytes) -> list[tuple[int, int, memoryview]]:

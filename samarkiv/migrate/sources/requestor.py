@@ -90,18 +90,14 @@ class Requestor:
         return SourceTimeout(f"{self.doing} with {self.peer} timed out: no answer within {self.timeout:g}s")
 
     def _recv_exact(self, n: int) -> bytearray:
-        """``n`` bytes, received straight into one buffer (no chunks joined: a 0.5 MB object
-        was copied five times on its way to the staging file, now twice)."""
+        """``n`` bytes in one buffer (pdu.recv_exact: a 0.5 MB object was copied five times on
+        its way to the staging file when chunks were joined, now twice)."""
         assert self.sock is not None
-        buf = bytearray(n)
-        view, got = memoryview(buf), 0
-        while got < n:
-            received = self.sock.recv_into(view[got:], n - got)  # each wait bounded by the socket's timeout
-            if not received:
-                self.close()
-                raise SourceBusy(f"{self.doing} with {self.peer}: the source closed the connection")
-            got += received
-        return buf
+        try:
+            return pdu.recv_exact(self.sock, n)
+        except pdu.PeerClosed:
+            self.close()
+            raise SourceBusy(f"{self.doing} with {self.peer}: the source closed the connection") from None
 
     def _read_pdu(self) -> tuple[int, bytearray]:
         try:
