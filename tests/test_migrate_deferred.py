@@ -139,16 +139,17 @@ def test_the_cmove_intake_commits_its_groups_straight_to_blob_files(tmp_path, le
 
     from samarkiv.config import load_settings
     from samarkiv.core.archive import INLINE_PREFIX, Archive
-    from samarkiv.migrate.deferred import MigrationIntake
+    from samarkiv.migrate.deferred import MigrationIntake, MoveJob
+    from samarkiv.migrate.mapping import Mapping
 
     _storage, files = legacy_storage
     config = tmp_path / "samarkiv.toml"
     config.write_text("journal_idle_seconds = 3600\n")  # no write-back while the test looks
     archive = Archive(load_settings(config, data=tmp_path / "data"))
     try:
-        intake = MigrationIntake(archive)
+        intake, job = MigrationIntake(archive), MoveJob(0, Mapping(), None)
         for path in files:
-            intake.submit(path.read_bytes(), "LEGACY", None, None)
+            intake.submit(path.read_bytes(), "LEGACY", None, None, job)
         intake.drain()
         stored = archive.catalog.instances_by_uid([_sop_instance_uid(path) for path in files])
         assert len(stored) == len(files)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from io import BytesIO
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,45 @@ def test_cget_into_this_process_skips_what_is_present(make_archive, start_legacy
     assert sum(r["object_count"] for r in records) == len(legacy.files) - 1
     _assert_holds_exactly(server, legacy.files)
     assert "0 missing, 0 mismatched" in server.cli("migrate", "verify", "get-pacs").stdout
+
+
+@pytest.mark.parametrize("mode", ["move", "get"])
+def test_mapping_on_the_way_in_coerces_sets_the_issuer_and_the_organisation(make_archive, start_legacy, mode: str) -> None:  # type: ignore[no-untyped-def]
+    """--coerce, --issuer and --source-aet apply to what C-MOVE brings into ``serve`` as to what
+    C-GET brings into the migrating process; verification compares with what the source sent."""
+    from sqlalchemy import select
+
+    from samarkiv.index.identity_schema import organisations
+    from samarkiv.index.schema import instances
+
+    server = make_archive('[[organisations]]\ncode = "OLD"\nname = "Old Hospital"\naets = ["OLDPACS"]\n')
+    legacy = start_legacy({server.aet: ("127.0.0.1", server.dicom_port)})
+    server.cli(
+        "migrate", "add", "mapped", "--source", "dimse", "--host", "127.0.0.1", "--port", str(legacy.port),
+        "--called-aet", LEGACY_AET, "--mode", mode, *(["--move-aet", server.aet] if mode == "move" else []),
+        "--from-date", "20190101", "--to-date", "20190228", "--source-aet", "OLDPACS", "--issuer", "OLD-PACS",
+        "--coerce", "InstitutionName:Old Hospital (typo)=Old Hospital",
+    )  # fmt: skip
+    server.cli("migrate", "run", "mapped", "--no-progress")
+    sources = {str(ds.SOPInstanceUID): ds for ds in map(dcmread, legacy.files) if "20190101" <= ds.StudyDate <= "20190228"}
+    assert len(sources) == 4 * 16
+    assert _status(server, "mapped")["instances"] == {"migrated": len(sources)}
+    archive = _open(server)
+    try:
+        stored = archive.catalog.instances_by_uid(list(sources))
+        assert set(stored) == set(sources)
+        for uid, source in sources.items():
+            kept = dcmread(BytesIO(stored_object(archive, stored[uid])))
+            source.InstitutionName = "Old Hospital"
+            if not source.get("IssuerOfPatientID"):
+                source.IssuerOfPatientID = "OLD-PACS"
+            assert [(e.tag, e.value) for e in kept] == [(e.tag, e.value) for e in source], uid
+        with archive.engine.connect() as conn:
+            owners = conn.execute(select(organisations.c.code).join(instances, instances.c.org_pk == organisations.c.pk)).scalars().all()
+        assert owners == ["OLD"] * len(sources)
+    finally:
+        archive.close()
+    assert "0 missing, 0 mismatched" in server.cli("migrate", "verify", "mapped").stdout
 
 
 def test_killed_run_resumes_to_the_same_result(make_archive, start_legacy) -> None:  # type: ignore[no-untyped-def]

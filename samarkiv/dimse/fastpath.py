@@ -343,10 +343,12 @@ class FastAssociation:
             "expected_sop_class_uid": sop_class or None,
         }
         originator = command.get(MOVE_ORIGINATOR)
-        if originator and spool.path is None and _migration_intake(self.archive).accepts(originator):
+        intake = _migration_intake(self.archive) if originator and spool.path is None else None
+        job = intake.job_for(originator) if intake is not None else None
+        if job is not None:
             # A running migration's C-MOVE sub-operation: answered before its grouped
             # commit, the one exception to fsync-before-ack (samarkiv/migrate/deferred.py).
-            _migration_intake(self.archive).submit(bytes(spool.buffer), self.calling_ae, sop_instance or None, sop_class or None)
+            intake.submit(bytes(spool.buffer), self.calling_ae, sop_instance or None, sop_class or None, job)  # type: ignore[union-attr]
             response = pdu.encode_response(pdu.C_STORE_RSP, int(command.get(pdu.MESSAGE_ID, 0)), 0x0000, sop_class, sop_instance)
             self._send_command(message.context_id, response)
             return

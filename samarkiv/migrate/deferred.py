@@ -35,7 +35,12 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ..core.archive import StoreOutcome
+from .job import JobStore
+from .mapping import Mapping, dataset_sha256, mapping_of
 
 if TYPE_CHECKING:
     from ..core.archive import Archive
@@ -147,65 +152,86 @@ class DeferredStores(Generic[T]):
             thread.join()
 
 
+@dataclass(frozen=True)
+class MoveJob:
+    """What ``serve`` needs of a running C-MOVE migration job: how its objects are mapped on the
+    way in, and the AE title whose organisation owns them (the sender's where the job names none)."""
+
+    pk: int
+    mapping: Mapping
+    source_aet: str | None
+
+
 class MigrationIntake:
     """``serve``'s side of C-MOVE migration pulls (see the module docstring)."""
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
-        self._running: tuple[float, frozenset[str]] = (0.0, frozenset())
+        self._running: tuple[float, dict[str, MoveJob]] = (0.0, {})
         self._lock = threading.Lock()
         self._stores: DeferredStores | None = None
 
-    def running_aets(self) -> frozenset[str]:
-        """Calling AE titles of the DIMSE migration jobs now running, cached a few seconds."""
+    def running_jobs(self) -> dict[str, MoveJob]:
+        """The DIMSE C-MOVE migration jobs now running, by calling AE title, cached a few seconds."""
         now = time.monotonic()
-        stamp, aets = self._running
+        stamp, jobs = self._running
         if now - stamp < RUNNING_CACHE_SECONDS:
-            return aets
+            return jobs
         with self._lock:
             if now - self._running[0] < RUNNING_CACHE_SECONDS:
                 return self._running[1]
             try:
-                aets = frozenset(_running_migration_aets(self.archive))
+                jobs = _running_move_jobs(self.archive)
             except Exception as exc:  # noqa: BLE001 - no answer: nobody is deferred
                 log.warning("cannot read the migration jobs: %s", exc)
-                aets = frozenset()
-            if aets - self._running[1]:
+                jobs = {}
+            if jobs.keys() - self._running[1].keys():
                 log.info("C-STORE sub-operations of the C-MOVE migrations of %s: answered before their grouped commit",
-                         ", ".join(sorted(aets)))  # fmt: skip
-            self._running = (now, aets)
-            return aets
+                         ", ".join(sorted(jobs)))  # fmt: skip
+            self._running = (now, jobs)
+            return jobs
+
+    def job_for(self, move_originator: object) -> MoveJob | None:
+        """The running migration whose C-STORE sub-operations carry this Move Originator AE Title:
+        they may be answered before their commit. None for any other store."""
+        return self.running_jobs().get(str(move_originator or "").strip())
 
     def accepts(self, move_originator: object) -> bool:
         """Whether a C-STORE with this Move Originator AE Title may be answered before its commit."""
-        aet = str(move_originator or "").strip()
-        return bool(aet) and aet in self.running_aets()
+        return self.job_for(move_originator) is not None
 
-    def submit(self, data: bytes, source_aet: str | None, uid: str | None, sop_class: str | None) -> None:
-        """Queue one received object for the grouped commit (the caller answers Success at once)."""
+    def submit(self, data: bytes, source_aet: str | None, uid: str | None, sop_class: str | None, job: MoveJob) -> None:
+        """Queue one received object of ``job`` for the grouped commit (the caller answers Success at once)."""
         with self._lock:
             if self._stores is None:
                 # no drain at the end of a C-MOVE here: a shorter lull ends its last group
                 self._stores = DeferredStores(self._store_group, lull=0.002, name="move-intake")
-        self._stores.submit((data, source_aet, uid, sop_class), len(data))
+        self._stores.submit((data, source_aet, uid, sop_class, job), len(data))
 
-    def _store_group(self, items: list[tuple[bytes, str | None, str | None, str | None]]) -> None:
-        by_sender: dict[str | None, list[tuple[bytes, str | None, str | None]]] = {}
-        for data, source_aet, uid, sop_class in items:
-            by_sender.setdefault(source_aet, []).append((data, uid, sop_class))
-        for source_aet, group in by_sender.items():
-            self.archive.store_batch(group, source_aet=source_aet, journal=False)
+    def _store_group(self, items: list[tuple[bytes, str | None, str | None, str | None, MoveJob]]) -> None:
+        """The group's objects, mapped as their job says, stored by job and sender with one commit
+        each; the source's digest is recorded for each object the mapping changed (verify.py)."""
+        by_owner: dict[tuple[MoveJob, str | None], list[tuple[bytes, str | None, str | None]]] = {}
+        for data, source_aet, uid, sop_class, job in items:
+            by_owner.setdefault((job, job.source_aet or source_aet), []).append((data, uid, sop_class))
+        for (job, source_aet), group in by_owner.items():
+            kept = [job.mapping.apply(data) for data, _uid, _cls in group]
+            results = self.archive.store_batch([(k, uid, cls) for k, (_d, uid, cls) in zip(kept, group, strict=True)],
+                                               source_aet=source_aet, journal=False)  # fmt: skip
+            coerced = [(result.sop_instance_uid, dataset_sha256(data), len(data))
+                       for (data, _uid, _cls), k, result in zip(group, kept, results, strict=True)
+                       if k is not data and result.outcome is StoreOutcome.STORED and result.sop_instance_uid]  # fmt: skip
+            if coerced:
+                JobStore(self.archive.engine, self.archive.catalog.writer, self.archive.catalog.writers).record_source_digests(job.pk, coerced)
 
     def drain(self) -> None:
         if self._stores is not None:
             self._stores.drain()
 
 
-def _running_migration_aets(archive: Archive) -> set[str]:
-    from .job import JobStore
-
+def _running_move_jobs(archive: Archive) -> dict[str, MoveJob]:
     return {
-        str(job.options.get("calling_aet") or "SAMARKIV-MIG").strip()
+        str(job.options.get("calling_aet") or "SAMARKIV-MIG").strip(): MoveJob(job.pk, mapping_of(job.options), job.options.get("source_aet"))
         for job in JobStore(archive.engine).jobs()
         if job.state == "running" and job.source_kind == "dimse" and job.options.get("mode", "move") == "move"
     }

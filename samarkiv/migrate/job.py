@@ -45,6 +45,11 @@ _MARK_FOUND = (
     .where(or_(*(migration_instances.c.state == state for state in ("pending", "failed", "mismatch"))))  # no IN: executemany
     .values(state="migrated", reason=None, size=bindparam("nbytes"))
 )
+_RECORD_SOURCE_DIGEST = (
+    update(migration_instances)
+    .where(migration_instances.c.job_pk == bindparam("job"), migration_instances.c.sop_instance_uid == bindparam("uid"))
+    .values(source_sha256=bindparam("digest"), size=bindparam("nbytes"))
+)
 _RECORD_STUDY = (
     update(migration_studies)
     .where(migration_studies.c.pk == bindparam("study"))
@@ -225,13 +230,12 @@ class JobStore:
                 .values(state=state, reason=reason)
             )
 
-    def record_source_digest(self, study: PlannedStudy, uid: str, digest: str, size: int) -> None:
+    def record_source_digests(self, job_pk: int, digests: Sequence[tuple[str, str, int]]) -> None:
+        """(SOP Instance UID, SHA-256 of the data set the source sent, its size) of objects the
+        mapping changed: verification compares the source with these (verify.py)."""
+        rows = [{"job": job_pk, "uid": uid, "digest": digest, "nbytes": size} for uid, digest, size in digests]
         with self.lock, self.writer.begin() as conn:
-            conn.execute(
-                update(migration_instances)
-                .where(migration_instances.c.study_pk == study.pk, migration_instances.c.sop_instance_uid == uid)
-                .values(source_sha256=digest, size=size)
-            )
+            conn.execute(_RECORD_SOURCE_DIGEST, rows)
 
     def source_digests(self, study: PlannedStudy) -> dict[str, str]:
         """SHA-256 of the dataset bytes the source sent, recorded where the mapping changed them."""

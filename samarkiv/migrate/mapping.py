@@ -9,11 +9,18 @@ source left it empty.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from dataclasses import dataclass, field
 from io import BytesIO
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+from ..core.structure import inspect_buffer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,10 +51,15 @@ class Mapping:
         return bool(self.issuer_of_patient_id or self.rules)
 
     def apply(self, data: bytes) -> bytes:
-        """The object with the mapping applied (the same bytes when nothing changes)."""
+        """The object with the mapping applied (the same bytes when nothing changes, or when they
+        do not parse: the archive then refuses the object and says why)."""
         if not self.active:
             return data
-        ds = dcmread(BytesIO(data))
+        try:
+            ds = dcmread(BytesIO(data))
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on garbage
+            log.debug("mapping skipped an object that does not parse: %s", exc)
+            return data
         changed = False
         if self.issuer_of_patient_id and not ds.get("IssuerOfPatientID"):
             ds.IssuerOfPatientID = self.issuer_of_patient_id
@@ -64,3 +76,14 @@ class Mapping:
         out = BytesIO()
         ds.save_as(out, enforce_file_format=True)
         return out.getvalue()
+
+
+def mapping_of(options: dict[str, Any]) -> Mapping:
+    """A migration job's mapping, from its options (``issuer_of_patient_id``, ``coerce``)."""
+    return Mapping(options.get("issuer_of_patient_id"), tuple(Rule.parse(r) for r in options.get("coerce", [])))
+
+
+def dataset_sha256(data: bytes) -> str:
+    """SHA-256 of a Part 10 object's data set, File Meta left out: what verification compares
+    with the source (verify.py), which may send the same data set behind another header."""
+    return hashlib.sha256(data[inspect_buffer(data).dataset_offset :]).hexdigest()

@@ -10,7 +10,6 @@ archive does not hold (compared by SOP Instance UID).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import threading
@@ -29,7 +28,7 @@ from ..core.ingest import ParsedInstance
 from ..storage.filesystem import FilesystemBlobStore, StagedFile
 from .deferred import DeferredStores
 from .job import Job, JobStore, PlannedInstance, PlannedStudy
-from .mapping import Mapping, Rule
+from .mapping import dataset_sha256, mapping_of
 from .sources import Source, SourceBusy, SourceError, open_source
 from .throttle import Throttle, Window
 
@@ -109,10 +108,6 @@ def throttle_of(options: dict[str, Any]) -> Throttle:
         float(mbps) * 1e6 if mbps else None,
         [Window.parse(w) for w in options.get("windows", [])],
     )
-
-
-def mapping_of(options: dict[str, Any]) -> Mapping:
-    return Mapping(options.get("issuer_of_patient_id"), tuple(Rule.parse(r) for r in options.get("coerce", [])))
 
 
 class Runner:
@@ -597,8 +592,7 @@ class Deliverer:
             self.rejected[result.sop_instance_uid] = f"rejected by the archive: {result.reason}: {result.message}"
         elif data is not None and kept is not None and kept is not data and result.sop_instance_uid:
             # coerced: verification compares the source with what it sent, not with what we keep
-            digest = hashlib.sha256(_dataset_part(data)).hexdigest()
-            self.runner.jobs.record_source_digest(self.study, result.sop_instance_uid, digest, len(data))
+            self.runner.jobs.record_source_digests(self.runner.job.pk, [(result.sop_instance_uid, dataset_sha256(data), len(data))])
 
 
 def _instances_of(source: Source, studies: list[PlannedStudy]) -> list[list[PlannedInstance] | SourceError]:
@@ -614,9 +608,3 @@ def _instances_of(source: Source, studies: list[PlannedStudy]) -> list[list[Plan
         except SourceError as exc:
             listings.append(exc)
     return listings
-
-
-def _dataset_part(data: bytes) -> bytes:
-    from ..core.structure import inspect_buffer
-
-    return data[inspect_buffer(data).dataset_offset :]

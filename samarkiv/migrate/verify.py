@@ -14,7 +14,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..core.structure import inspect_buffer
+from .mapping import dataset_sha256
 from .job import PlannedInstance, PlannedStudy
 from .runner import Runner
 from .sources import SourceError
@@ -32,10 +32,6 @@ class VerifyResult:
     @property
     def ok(self) -> bool:
         return not self.missing and not self.mismatched and not self.series_mismatch
-
-
-def _dataset_digest(data: bytes) -> str:
-    return hashlib.sha256(data[inspect_buffer(data).dataset_offset :]).hexdigest()
 
 
 def verify_job(runner: Runner, sample: int | None, seed: int = 0) -> VerifyResult:
@@ -103,7 +99,7 @@ def _compare_bytes(runner: Runner, study, instance, stored, source_digests, resu
             ours = source_digests[instance.sop_instance_uid]  # coerced: compare with what the source sent
         else:
             with runner.archive.open_instance(stored) as f:
-                ours = _dataset_digest(f.read())
+                ours = dataset_sha256(f.read())
         if ours == source_digest:
             return None
     return "checksum differs from the source"
