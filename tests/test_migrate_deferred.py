@@ -19,6 +19,7 @@ from conftest import stored_object
 from test_migrate_dimse import _assert_holds_exactly, _open, _status
 
 MIGRATOR = "SAMARKIV-MIG"
+INLINE_MAX = 128 << 10  # larger objects are stored from a file
 
 
 def _run_killed(server, name: str, also_kill=None) -> int:  # type: ignore[no-untyped-def]
@@ -78,8 +79,9 @@ def test_cmove_killed_with_serve_mid_pull_resumes_to_the_exact_source(make_archi
     _resume_and_check(server, "move-kill", legacy)
 
 
-def _send(port: int, files: list[Path], originator: str | None) -> list[str]:
-    """C-STORE each file (Move Originator AE Title ``originator``); the SOP Instance UIDs answered Success."""
+def _send(port: int, files: list[Path], originator: str | None | list[str | None]) -> list[str]:
+    """C-STORE each file over one association (Move Originator AE Title ``originator``, or each
+    file's in a list); the SOP Instance UIDs answered Success."""
     from pydicom import dcmread
     from pynetdicom import AE, StoragePresentationContexts
 
@@ -89,9 +91,10 @@ def _send(port: int, files: list[Path], originator: str | None) -> list[str]:
     assert assoc.is_established
     acknowledged = []
     try:
-        for path in files:
+        originators = originator if isinstance(originator, list) else [originator] * len(files)
+        for path, sender in zip(files, originators, strict=True):
             ds = dcmread(path)
-            status = assoc.send_c_store(ds, originator_aet=originator, originator_id=7 if originator else None)
+            status = assoc.send_c_store(ds, originator_aet=sender, originator_id=7 if sender else None)
             if status and status.Status == 0x0000:
                 acknowledged.append(str(ds.SOPInstanceUID))
     finally:
@@ -99,11 +102,11 @@ def _send(port: int, files: list[Path], originator: str | None) -> list[str]:
     return acknowledged
 
 
-def test_ordinary_stores_are_still_answered_after_their_commit(make_archive, legacy_storage) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_ordinary_stores_are_still_answered_after_their_commit(make_archive, legacy_storage, tmp_path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     from samarkiv.migrate.deferred import MigrationIntake
     from samarkiv.migrate.job import JobStore
 
-    server = make_archive()
+    server = make_archive(f"inline_max_bytes = {INLINE_MAX}\n")
     _storage, files = legacy_storage
     archive = _open(server)
     try:
@@ -122,14 +125,38 @@ def test_ordinary_stores_are_still_answered_after_their_commit(make_archive, leg
 
     half = len(files) // 2
     acknowledged = _send(server.dicom_port, files[:half], None) + _send(server.dicom_port, files[half:], "OTHER-AE")
+    # an association that carried the running job's sub-operations goes to a worker process
+    # (migrate/moveproc.py), which has serve store every other C-STORE on it the ordinary way
+    # (the last two larger than inline_max_bytes: stored from a file, the ordinary way, job or not)
+    senders = [MIGRATOR, MIGRATOR, None, MIGRATOR, "OTHER-AE", None, MIGRATOR, None]
+    mixed = _copies(files[:6], tmp_path) + _copies(files[6:8], tmp_path, pad=INLINE_MAX)
+    answered = _send(server.dicom_port, mixed, senders)
     server.kill()  # SIGKILL the moment the last answer is in: each answered store must be committed
-    assert len(acknowledged) == len(files)
+    assert len(acknowledged) == len(files) and len(answered) == len(mixed)
+    assert "handed to a worker process" in server.log.read_text()
+    acknowledged += [uid for uid, sender in zip(answered, senders, strict=True) if sender != MIGRATOR]
     archive = _open(server)
     try:
         stored = archive.catalog.instances_by_uid(acknowledged)
     finally:
         archive.close()
     assert set(stored) == set(acknowledged)
+
+
+def _copies(files: list[Path], folder: Path, pad: int = 0) -> list[Path]:
+    """The files again as new instances (new SOP Instance UIDs), ``pad`` bytes larger (a private element)."""
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    copies = []
+    for path in files:
+        ds = dcmread(path)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        if pad:
+            ds.private_block(0x0099, "SAMARKIV TEST", create=True).add_new(0x01, "OB", b"\0" * pad)
+        copies.append(folder / f"{ds.SOPInstanceUID}.dcm")
+        ds.save_as(copies[-1], enforce_file_format=True)
+    return copies
 
 
 def test_the_cmove_intake_commits_its_groups_straight_to_blob_files(tmp_path, legacy_storage) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
@@ -147,7 +174,7 @@ def test_the_cmove_intake_commits_its_groups_straight_to_blob_files(tmp_path, le
     config.write_text("journal_idle_seconds = 3600\n")  # no write-back while the test looks
     archive = Archive(load_settings(config, data=tmp_path / "data"))
     try:
-        intake, job = MigrationIntake(archive), MoveJob(0, Mapping(), None)
+        intake, job = MigrationIntake(archive), MoveJob(0, "SAMARKIV-MIG", Mapping(), None)
         for path in files:
             intake.submit(path.read_bytes(), "LEGACY", None, None, job)
         intake.drain()

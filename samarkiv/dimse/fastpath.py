@@ -23,7 +23,7 @@ import socket
 import struct
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
@@ -41,7 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..access.gate import StoreAudit
 from ..access.principal import Principal
-from ..core.archive import Archive
+from ..core.archive import Archive, StoreResult
 from ..core.structure import MalformedDataset, dataset_offset
 from ..index.catalog import StoredInstance
 from ..index.query import QueryError
@@ -55,6 +55,9 @@ from .find import PENDING_WARNING, answer
 from .retrieve import MODELS as RETRIEVE_MODELS
 from .retrieve import transcode
 from .store import InFlight, status_for
+
+if TYPE_CHECKING:
+    from ..migrate.deferred import MoveJob
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +179,8 @@ class FastAssociation:
         self._next_message_id = 1
         self._principal: Principal | None = None
         self._store_audit: StoreAudit | None = None
+        self._migration: MoveJob | None = None  # the running C-MOVE migration this association carried
+        self._offered = False  # to a worker process, once
 
     @property
     def principal(self) -> Principal | None:
@@ -222,14 +227,18 @@ class FastAssociation:
         return True
 
     def run(self) -> None:
+        handed = False
         try:
             if not self.negotiate():
                 return
             try:
                 while self._serve_one_pdu():
-                    pass
+                    if self._migration is not None and not self._offered and self._hand_off():
+                        handed = True  # the worker has the association, and releases its slot
+                        return
             finally:
-                self._release()
+                if not handed:
+                    self._release()
         except (ConnectionError, TimeoutError, OSError) as exc:
             log.info("association from %s ended: %s", self.calling_ae or "?", exc)
         except Exception as exc:  # noqa: BLE001  (a protocol error, or a bug: abort, never hang)
@@ -337,40 +346,70 @@ class FastAssociation:
         sop_instance = str(command.get(pdu.AFFECTED_SOP_INSTANCE, ""))
         spool = message.sink
         assert isinstance(spool, _Spool)
-        expected = {
-            "source_aet": self.calling_ae,
-            "expected_sop_instance_uid": sop_instance or None,
-            "expected_sop_class_uid": sop_class or None,
-        }
-        originator = command.get(MOVE_ORIGINATOR)
-        intake = _migration_intake(self.archive) if originator and spool.path is None else None
+        try:
+            data = bytes(spool.buffer) if spool.path is None else None
+            status, comment, result = self._store_received(data, spool.path, sop_instance or None, sop_class or None,
+                                                           command.get(MOVE_ORIGINATOR))  # fmt: skip
+        finally:
+            spool.discard()  # moved into the archive, or rejected
+        response = pdu.encode_response(pdu.C_STORE_RSP, int(command.get(pdu.MESSAGE_ID, 0)), status, sop_class, sop_instance, comment)
+        self._send_command(message.context_id, response)
+        if result is not None:
+            self._audit_store(result)  # after the answer, while the sender prepares its next message
+
+    def _store_received(self, data: bytes | None, path: Path | None, uid: str | None, sop_class: str | None,
+                        originator: object) -> tuple[int, str | None, StoreResult | None]:  # fmt: skip
+        """Store one received object (``data``, or the file at ``path``): (status, error comment,
+        result). A running migration's C-MOVE sub-operation is answered before its grouped
+        commit, the one exception to fsync-before-ack (samarkiv/migrate/deferred.py): no result."""
+        intake = _migration_intake(self.archive) if originator and data is not None else None
         job = intake.job_for(originator) if intake is not None else None
         if job is not None:
-            # A running migration's C-MOVE sub-operation: answered before its grouped
-            # commit, the one exception to fsync-before-ack (samarkiv/migrate/deferred.py).
-            intake.submit(bytes(spool.buffer), self.calling_ae, sop_instance or None, sop_class or None, job)  # type: ignore[union-attr]
-            response = pdu.encode_response(pdu.C_STORE_RSP, int(command.get(pdu.MESSAGE_ID, 0)), 0x0000, sop_class, sop_instance)
-            self._send_command(message.context_id, response)
-            return
+            intake.submit(data, self.calling_ae, uid, sop_class, job)  # type: ignore[union-attr,arg-type]
+            self._migration = self._migration or job
+            return SUCCESS, None, None
+        expected = {"source_aet": self.calling_ae, "expected_sop_instance_uid": uid, "expected_sop_class_uid": sop_class}
         with self.inflight:
-            if spool.path is None:
-                result = self.archive.store_bytes(bytes(spool.buffer), **expected)
-            else:
-                result = self.archive.store_file(spool.path, **expected)
-        spool.discard()  # moved into the archive, or rejected
+            result = self.archive.store_bytes(data, **expected) if path is None else self.archive.store_file(path, **expected)  # type: ignore[arg-type]
         status = status_for(result)
-        response = pdu.encode_response(
-            pdu.C_STORE_RSP,
-            int(command.get(pdu.MESSAGE_ID, 0)),
-            int(status.Status),
-            sop_class,
-            sop_instance,
-            status.get("ErrorComment"),
-        )
-        self._send_command(message.context_id, response)
-        if self._store_audit is None:  # after the answer, while the sender prepares its next message
+        return int(status.Status), status.get("ErrorComment"), result
+
+    def _audit_store(self, result: StoreResult) -> None:
+        if self._store_audit is None:
             self._store_audit = StoreAudit(self.archive, self.principal, "C-STORE")
         self._store_audit.note(result.study_uid)  # None for a rejected store
+
+    # --- a migration's association to a worker process (samarkiv/migrate/moveproc.py) -------
+
+    def _hand_off(self) -> bool:
+        """Give this association to a worker process, at a PDU boundary, once it carried a running
+        C-MOVE migration's sub-operation and if it accepts only storage and verification: the
+        worker answers the job's sub-operations and parses them outside this interpreter."""
+        if self._message is not None or self._command:
+            return False  # mid-message: at a later boundary
+        job, self._migration = self._migration, None
+        self._offered = True
+        if not all(abstract in _STORAGE or abstract == VERIFICATION for abstract, _ts in self.contexts.values()):
+            return False
+        return _migration_intake(self.archive).adopt(self.sock, self.calling_ae, self.contexts, self.peer_max_pdu, job,
+                                                     self._store_for_worker, self._worker_ended)  # fmt: skip
+
+    def _store_for_worker(self, data: bytes | None, path: str | None, uid: str | None, sop_class: str | None,
+                          originator: str | None) -> tuple[int, str | None, bool]:  # fmt: skip
+        """A C-STORE the worker does not answer itself: stored here (moveproc.StoreNow)."""
+        try:
+            status, comment, result = self._store_received(data, Path(path) if path else None, uid, sop_class, originator)
+        finally:
+            if path:
+                Path(path).unlink(missing_ok=True)
+        if result is not None:
+            self._audit_store(result)
+        return status, comment, result is None
+
+    def _worker_ended(self, aborted: bool) -> None:
+        if aborted:
+            self.archive.metrics.associations.labels("aborted").inc()
+        self._release()
 
     # --- C-FIND SCP (PS3.4 C.4.1): samarkiv.dimse.find.answer does the work -------------
 

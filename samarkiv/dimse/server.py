@@ -101,3 +101,6 @@ class DicomServer:
             log.warning("stores still in flight after %.0fs; aborting", grace_seconds)
         for assoc in list(self.ae.active_associations):
             assoc.abort()
+        from ..migrate.deferred import close_intake  # imported late: migrate imports dimse.pdu
+
+        close_intake(self.archive)  # migration associations handed to worker processes

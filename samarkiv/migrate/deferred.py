@@ -39,11 +39,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..core.archive import StoreOutcome
+from ..core.ingest import ParsedInstance
+from ..storage.filesystem import FilesystemBlobStore, StagedFile
 from .job import JobStore
 from .mapping import Mapping, dataset_sha256, mapping_of
+from .sources.getproc import available
 
 if TYPE_CHECKING:
+    import socket
+
     from ..core.archive import Archive
+    from .moveproc import MoveWorkers, StoreNow
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +164,7 @@ class MoveJob:
     way in, and the AE title whose organisation owns them (the sender's where the job names none)."""
 
     pk: int
+    aet: str  # its calling AE title: the Move Originator of its sub-operations
     mapping: Mapping
     source_aet: str | None
 
@@ -170,6 +177,7 @@ class MigrationIntake:
         self._running: tuple[float, dict[str, MoveJob]] = (0.0, {})
         self._lock = threading.Lock()
         self._stores: DeferredStores | None = None
+        self._workers: MoveWorkers | None = None
 
     def running_jobs(self) -> dict[str, MoveJob]:
         """The DIMSE C-MOVE migration jobs now running, by calling AE title, cached a few seconds."""
@@ -200,40 +208,89 @@ class MigrationIntake:
         """Whether a C-STORE with this Move Originator AE Title may be answered before its commit."""
         return self.job_for(move_originator) is not None
 
-    def submit(self, data: bytes, source_aet: str | None, uid: str | None, sop_class: str | None, job: MoveJob) -> None:
-        """Queue one received object of ``job`` for the grouped commit (the caller answers Success at once)."""
+    def submit(self, data: bytes | None, source_aet: str | None, uid: str | None, sop_class: str | None, job: MoveJob, *,
+               parsed: ParsedInstance | None = None, staged: StagedFile | None = None) -> None:  # fmt: skip
+        """Queue one received object of ``job`` for the grouped commit (the caller answers Success
+        at once); ``parsed``, ``staged``: what a worker made of it (moveproc.py), ``data`` then
+        None where it is staged."""
         with self._lock:
             if self._stores is None:
                 # no drain at the end of a C-MOVE here: a shorter lull ends its last group
                 self._stores = DeferredStores(self._store_group, lull=0.002, name="move-intake")
-        self._stores.submit((data, source_aet, uid, sop_class, job), len(data))
+        item = _Received(data, source_aet, uid, sop_class, job, parsed, staged)
+        self._stores.submit(item, item.size)
 
-    def _store_group(self, items: list[tuple[bytes, str | None, str | None, str | None, MoveJob]]) -> None:
+    def _store_group(self, items: list[_Received]) -> None:
         """The group's objects, mapped as their job says, stored by job and sender with one commit
         each; the source's digest is recorded for each object the mapping changed (verify.py)."""
-        by_owner: dict[tuple[MoveJob, str | None], list[tuple[bytes, str | None, str | None]]] = {}
-        for data, source_aet, uid, sop_class, job in items:
-            by_owner.setdefault((job, job.source_aet or source_aet), []).append((data, uid, sop_class))
+        by_owner: dict[tuple[MoveJob, str | None], list[_Received]] = {}
+        for item in items:
+            by_owner.setdefault((item.job, item.job.source_aet or item.source_aet), []).append(item)
         for (job, source_aet), group in by_owner.items():
-            kept = [job.mapping.apply(data) for data, _uid, _cls in group]
-            results = self.archive.store_batch([(k, uid, cls) for k, (_d, uid, cls) in zip(kept, group, strict=True)],
-                                               source_aet=source_aet, journal=False)  # fmt: skip
-            coerced = [(result.sop_instance_uid, dataset_sha256(data), len(data))
-                       for (data, _uid, _cls), k, result in zip(group, kept, results, strict=True)
-                       if k is not data and result.outcome is StoreOutcome.STORED and result.sop_instance_uid]  # fmt: skip
+            kept = [job.mapping.apply(item.data) if item.data is not None else None for item in group]
+            results = self.archive.store_batch([(k, item.uid, item.sop_class) for k, item in zip(kept, group, strict=True)],
+                                               source_aet=source_aet, journal=False, parsed=[item.parsed for item in group],
+                                               staged=[item.staged for item in group])  # fmt: skip
+            coerced = [(result.sop_instance_uid, dataset_sha256(item.data), len(item.data))
+                       for item, k, result in zip(group, kept, results, strict=True)
+                       if item.data is not None and k is not item.data and result.outcome is StoreOutcome.STORED
+                       and result.sop_instance_uid]  # fmt: skip
             if coerced:
                 JobStore(self.archive.engine, self.archive.catalog.writer, self.archive.catalog.writers).record_source_digests(job.pk, coerced)
+
+    def adopt(self, sock: socket.socket, calling_ae: str, contexts: dict[int, tuple[str, str]], peer_max_pdu: int, job: MoveJob,
+              store: StoreNow, ended: Callable[[bool], None]) -> bool:  # fmt: skip
+        """Hand a C-MOVE migration's association to a worker process (moveproc.py); False where
+        none can take it (no fork here, or serve stopping): the caller serves it on."""
+        if not available():
+            return False
+        from .moveproc import Handoff, MoveWorkers
+
+        with self._lock:
+            if self._workers is None:
+                self._workers = MoveWorkers(self)
+        archive, prepare = self.archive, not job.mapping.active
+        blobs = archive.blobs if prepare and isinstance(archive.blobs, FilesystemBlobStore) else None
+        handoff = Handoff(calling_ae, contexts, peer_max_pdu, job.aet, archive.settings.inline_max_bytes, str(archive.staging),
+                          str(blobs.staging) if blobs is not None else None, prepare, sock.gettimeout() or 120.0)  # fmt: skip
+        return self._workers.adopt(sock, handoff, job, store, ended)
+
+    def close(self) -> None:
+        """End the worker processes (serve stopping); what was handed over and not committed is
+        pulled again by the job."""
+        with self._lock:
+            workers, self._workers = self._workers, None
+        if workers is not None:
+            workers.close()
 
     def drain(self) -> None:
         if self._stores is not None:
             self._stores.drain()
 
 
+@dataclass(frozen=True)
+class _Received:
+    """One C-MOVE sub-operation's object for the grouped commit, with what a worker made of it."""
+
+    data: bytes | None  # None: in ``staged``
+    source_aet: str | None
+    uid: str | None
+    sop_class: str | None
+    job: MoveJob
+    parsed: ParsedInstance | None = None
+    staged: StagedFile | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.data is not None else self.staged.size  # type: ignore[union-attr]
+
+
 def _running_move_jobs(archive: Archive) -> dict[str, MoveJob]:
     return {
-        str(job.options.get("calling_aet") or "SAMARKIV-MIG").strip(): MoveJob(job.pk, mapping_of(job.options), job.options.get("source_aet"))
+        aet: MoveJob(job.pk, aet, mapping_of(job.options), job.options.get("source_aet"))
         for job in JobStore(archive.engine).jobs()
         if job.state == "running" and job.source_kind == "dimse" and job.options.get("mode", "move") == "move"
+        for aet in [str(job.options.get("calling_aet") or "SAMARKIV-MIG").strip()]
     }
 
 
@@ -248,3 +305,11 @@ def intake_for(archive: Archive) -> MigrationIntake:
         if intake is None:
             intake = _intakes[archive] = MigrationIntake(archive)
         return intake
+
+
+def close_intake(archive: Archive) -> None:
+    """End the archive's intake workers, if it has any (serve stopping)."""
+    with _intakes_lock:
+        intake = _intakes.get(archive)
+    if intake is not None:
+        intake.close()

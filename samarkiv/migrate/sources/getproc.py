@@ -185,7 +185,7 @@ class GetWorkers:
 
 def _serve(conn: Connection) -> None:
     """The worker: C-GET jobs until the pair closes."""
-    _forget_inherited(conn.fileno())
+    forget_inherited({conn.fileno()})
     while True:
         try:
             job: GetJob = pickle.loads(conn.recv_bytes())
@@ -193,12 +193,7 @@ def _serve(conn: Connection) -> None:
             return
 
         def answered(data: bytes, staging: str | None = job.staging) -> None:
-            parsed = _parsed(data)
-            staged = _staged(data, staging) if staging and parsed is not None else None
-            # a staged object's bytes are not sent: the migrating process reads the file if it
-            # ever needs them (Archive.store_batch), copying them here cost 6% of the run's CPU
-            sent = None if staged is not None else bytes(data)
-            conn.send_bytes(OBJECT + pickle.dumps((sent, parsed, staged), protocol=pickle.HIGHEST_PROTOCOL))
+            conn.send_bytes(OBJECT + pickle.dumps(prepared(data, staging), protocol=pickle.HIGHEST_PROTOCOL))
 
         try:
             with Requestor(job.host, job.port, job.called_aet, job.calling_aet, job.timeout) as assoc:
@@ -219,17 +214,29 @@ def _succeed(data: bytes) -> int:
     return SUCCESS
 
 
-def _parsed(data: bytes) -> ParsedInstance | None:
+def prepared(data: bytes | bytearray, staging: str | None, uid: str | None = None, sop_class: str | None = None,
+             ) -> tuple[bytes | None, ParsedInstance | None, StagedFile | None]:  # fmt: skip
+    """What a worker hands over of a received object for the grouped commit (Archive.store_batch):
+    (its bytes, unless staged; its parse for the index, checked against the request's ``uid`` and
+    ``sop_class`` where given; the file it was written to in ``staging``). A staged object's
+    bytes are not sent: the committing process reads the file if it ever needs them; copying
+    them through the pair cost 6% of a C-GET run's CPU."""
+    parsed = _parsed(data, uid, sop_class)
+    staged = _staged(data, staging) if staging and parsed is not None else None
+    return None if staged is not None else bytes(data), parsed, staged
+
+
+def _parsed(data: bytes | bytearray, uid: str | None, sop_class: str | None) -> ParsedInstance | None:
     """The object parsed for the index (Archive.store_batch), the element spans left out;
-    None when it does not parse (the migrating process then says why)."""
+    None when it does not parse or differs from the request (the committing process then says why)."""
     try:
-        parsed = parse_buffer(data)
+        parsed = parse_buffer(data, uid, sop_class)
     except RejectedDataset:
         return None
     return replace(parsed, layout=replace(parsed.layout, spans=[]))
 
 
-def _staged(data: bytes, staging: str) -> StagedFile | None:
+def _staged(data: bytes | bytearray, staging: str) -> StagedFile | None:
     """``data`` written into ``staging``; None if it cannot be (the grouped commit writes it)."""
     try:
         return StagedFile(write_staged(Path(staging), data), hashlib.sha256(data).hexdigest(), len(data))
@@ -237,14 +244,14 @@ def _staged(data: bytes, staging: str) -> StagedFile | None:
         return None
 
 
-def _forget_inherited(keep: int) -> None:
-    """Point every inherited descriptor but ``keep`` and the standard ones at /dev/null: their
+def forget_inherited(keep: set[int]) -> None:
+    """Point every inherited descriptor but those in ``keep`` and the standard ones at /dev/null: their
     files and sockets are released here, and their numbers stay taken (objects inherited
     with them may still close them)."""
     null = os.open(os.devnull, os.O_RDWR)
     for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else []:
         fd = int(name)
-        if fd > 2 and fd not in (keep, null):
+        if fd > 2 and fd != null and fd not in keep:
             try:
                 os.dup2(null, fd)
             except OSError:
