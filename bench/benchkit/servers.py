@@ -81,12 +81,27 @@ def stop_process(process: subprocess.Popen | None, timeout: float = 30.0) -> Non
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads (Linux /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    """User + system CPU time of a process, all its threads, and of its children, running or
+    reaped (Linux /proc): the worker processes ``serve`` forks for migration associations."""
+    stats: dict[int, tuple[int, int]] = {}  # pid -> (parent pid, clock ticks of it and its reaped children)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
+    if pid not in stats:
         return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    for child, (parent, _ticks) in stats.items():
+        children.setdefault(parent, []).append(child)
+    family, ticks = [pid], 0
+    while family:
+        member = family.pop()
+        ticks += stats[member][1]
+        family += children.get(member, [])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def dcmtk_env() -> dict[str, str]:
@@ -309,7 +324,7 @@ class Profiler:
             return self
         py_spy = Path(sys.executable).parent / "py-spy"
         cmd = [str(py_spy), "record", "--pid", str(self.pid), "--format", "raw", "--rate", str(self.rate),
-               "--nonblocking", "--output", str(self.out)]  # fmt: skip
+               "--nonblocking", "--subprocesses", "--output", str(self.out)]  # fmt: skip
         self.process = spawn(cmd, self.out.with_suffix(".log"))
         time.sleep(1.0)  # let py-spy attach before the measured work starts
         return self

@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import signal
 import socket
 import struct
 import threading
@@ -44,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from ..dimse import pdu
 from ..storage.filesystem import new_staging_path
 from .deferred import RUNNING_CACHE_SECONDS
-from .sources.getproc import BUFFER, CLOSE_SECONDS, forget_inherited, prepared
+from .sources.getproc import fork_worker, forget_inherited, prepared, reap
 
 if TYPE_CHECKING:
     from .deferred import MigrationIntake, MoveJob
@@ -76,22 +75,8 @@ class MoveWorker:
     """One forked worker and ``serve``'s end of its socket pair."""
 
     def __init__(self) -> None:
-        parent, child = socket.socketpair()
-        for end in (parent, child):
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER)
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUFFER)
-        self.pid = os.fork()
-        if self.pid == 0:  # the worker
-            try:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)  # serve's handler is not ours
-                parent.close()
-                _serve(child)
-            finally:
-                os._exit(0)
-        child.close()
-        self.sock = parent
-        self.conn = Connection(os.dup(parent.fileno()))
+        self.pid, self.sock = fork_worker(_serve)
+        self.conn = Connection(os.dup(self.sock.fileno()))
 
     def hand(self, association: socket.socket, handoff: Handoff) -> None:
         """Pass the association's socket and what was negotiated to the worker."""
@@ -99,20 +84,10 @@ class MoveWorker:
         socket.send_fds(self.sock, [struct.pack(">I", len(body)) + body], [association.fileno()])
 
     def close(self) -> None:
-        """Close the pair and reap the worker: an idle one ends at once, a busy one is killed
-        after CLOSE_SECONDS."""
+        """Close the pair and reap the worker (getproc.reap)."""
         self.conn.close()
         self.sock.close()
-        deadline = time.monotonic() + CLOSE_SECONDS
-        try:
-            while os.waitpid(self.pid, os.WNOHANG) == (0, 0):
-                if time.monotonic() > deadline:
-                    os.kill(self.pid, signal.SIGKILL)
-                    os.waitpid(self.pid, 0)
-                    return
-                time.sleep(0.01)
-        except (ChildProcessError, ProcessLookupError):
-            pass
+        reap(self.pid)
 
 
 class MoveWorkers:

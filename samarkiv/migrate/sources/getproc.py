@@ -32,6 +32,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from multiprocessing.connection import Connection
@@ -77,24 +78,10 @@ class GetWorker:
     """One forked worker and the parent's end of its socket pair."""
 
     def __init__(self) -> None:
-        parent, child = socket.socketpair()
-        for end in (parent, child):
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER)
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUFFER)
         try:
-            self.pid = os.fork()
+            self.pid, parent = fork_worker(lambda child: _serve(Connection(child.detach())))
         except OSError as exc:
-            parent.close()
-            child.close()
             raise WorkerGone(f"cannot start a C-GET worker: {exc}") from None
-        if self.pid == 0:  # the worker
-            try:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the migrating process decides when to stop
-                parent.close()
-                _serve(Connection(child.detach()))
-            finally:
-                os._exit(0)
-        child.close()
         self.conn = Connection(parent.detach())
         self._readable = select.poll()  # made once: Connection.poll builds a selector per call
         self._readable.register(self.conn.fileno(), select.POLLIN)
@@ -125,16 +112,7 @@ class GetWorker:
         """Close the pair and reap the worker: an idle one ends at once; one still in a C-GET
         (left mid-job) is killed after CLOSE_SECONDS."""
         self.conn.close()
-        deadline = time.monotonic() + CLOSE_SECONDS
-        try:
-            while os.waitpid(self.pid, os.WNOHANG) == (0, 0):
-                if time.monotonic() > deadline:
-                    os.kill(self.pid, signal.SIGKILL)
-                    os.waitpid(self.pid, 0)
-                    return
-                time.sleep(0.01)
-        except (ChildProcessError, ProcessLookupError):
-            pass
+        reap(self.pid)
 
 
 class GetWorkers:
@@ -181,6 +159,46 @@ class GetWorkers:
             workers, self._all, self._idle = self._all, [], []
         for worker in workers:
             worker.close()
+
+
+def fork_worker(serve: Callable[[socket.socket], None]) -> tuple[int, socket.socket]:
+    """Fork a worker process that runs ``serve`` on its end of a new socket pair (BUFFER bytes
+    each way: the backpressure) and exits when it returns: (its pid, our end)."""
+    parent, child = socket.socketpair()
+    try:
+        for end in (parent, child):
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER)
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUFFER)
+        pid = os.fork()
+    except OSError:
+        parent.close()
+        child.close()
+        raise
+    if pid == 0:  # the worker
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a handler the parent installed is not ours
+            parent.close()
+            serve(child)
+        finally:
+            os._exit(0)
+    child.close()
+    return pid, parent
+
+
+def reap(pid: int) -> None:
+    """Wait for a worker whose pair was closed: an idle one ends at once, a busy one is killed
+    after CLOSE_SECONDS."""
+    deadline = time.monotonic() + CLOSE_SECONDS
+    try:
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+            time.sleep(0.01)
+    except (ChildProcessError, ProcessLookupError):
+        pass
 
 
 def _serve(conn: Connection) -> None:
