@@ -216,7 +216,7 @@ class MigrationIntake:
         with self._lock:
             if self._stores is None:
                 # no drain at the end of a C-MOVE here: a shorter lull ends its last group
-                self._stores = DeferredStores(self._store_group, lull=0.002, name="move-intake")
+                self._stores = DeferredStores(self._store_group, threads=2, lull=0.002, name="move-intake")
         item = _Received(data, source_aet, uid, sop_class, job, parsed, staged)
         self._stores.submit(item, item.size)
 
