@@ -9,6 +9,8 @@ answered only after its commit.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -79,6 +81,49 @@ def test_cmove_killed_with_serve_mid_pull_resumes_to_the_exact_source(make_archi
     _resume_and_check(server, "move-kill", legacy)
 
 
+def test_a_killed_move_worker_costs_a_retry_and_nothing_else(make_archive, start_legacy) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """serve's worker process for a migration association (migrate/moveproc.py) is SIGKILLed
+    mid-run: the association drops, serve goes on, and the job's retries complete it exactly."""
+    server = make_archive()
+    legacy = start_legacy({server.aet: ("127.0.0.1", server.dicom_port)})
+    server.cli(
+        "migrate", "add", "move-worker", "--source", "dimse", "--host", "127.0.0.1", "--port", str(legacy.port),
+        "--called-aet", LEGACY_AET, "--calling-aet", MIGRATOR, "--mode", "move", "--move-aet", server.aet,
+        "--associations", "2", "--max-rate", "80",
+    )  # fmt: skip
+    cmd = [sys.executable, "-m", "samarkiv", "migrate", "run", "move-worker", "--no-progress",
+           "--data", str(server.data), "--index-url", server.index_url]  # fmt: skip
+    run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.monotonic() + 60
+    while killed is None and time.monotonic() < deadline and run.poll() is None:
+        workers = _children(server.process.pid)
+        if workers and _status(server, "move-worker")["studies"].get("done", 0) >= 2:
+            killed = workers[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    _stderr = run.communicate(timeout=300)[1]
+    assert killed is not None, "serve handed no association to a worker"
+    assert run.returncode == 0, _stderr
+    assert server.process.poll() is None  # serve lives on
+    status = _status(server, "move-worker")
+    assert status["studies"] == {"done": 18} and status["instances"] == {"migrated": len(legacy.files)}
+    _assert_holds_exactly(server, legacy.files)
+    assert "0 missing, 0 mismatched" in server.cli("migrate", "verify", "move-worker").stdout
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def _send(port: int, files: list[Path], originator: str | None | list[str | None]) -> list[str]:
     """C-STORE each file over one association (Move Originator AE Title ``originator``, or each
     file's in a list); the SOP Instance UIDs answered Success."""
@@ -103,7 +148,8 @@ def _send(port: int, files: list[Path], originator: str | None | list[str | None
 
 
 def test_ordinary_stores_are_still_answered_after_their_commit(make_archive, legacy_storage, tmp_path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
-    from samarkiv.migrate.deferred import MigrationIntake
+    from samarkiv.migrate.deferred import MigrationIntake, MoveJob
+    from samarkiv.migrate.mapping import Mapping
     from samarkiv.migrate.job import JobStore
 
     server = make_archive(f"inline_max_bytes = {INLINE_MAX}\n")
@@ -115,10 +161,10 @@ def test_ordinary_stores_are_still_answered_after_their_commit(make_archive, leg
                                                      "mode": "move", "move_aet": server.aet})  # fmt: skip
         jobs.set_job(job, state="running")
         intake = MigrationIntake(archive)
-        assert intake.accepts(MIGRATOR)
-        assert not intake.accepts("OTHER-AE") and not intake.accepts("") and not intake.accepts(None)
+        assert intake.job_for(MIGRATOR) == MoveJob(job.pk, MIGRATOR, Mapping(), None)
+        assert intake.job_for("OTHER-AE") is None and intake.job_for("") is None and intake.job_for(None) is None
         jobs.set_job(job, state="done")
-        assert not MigrationIntake(archive).accepts(MIGRATOR)  # only while the job runs
+        assert MigrationIntake(archive).job_for(MIGRATOR) is None  # only while the job runs
         jobs.set_job(job, state="running")
     finally:
         archive.close()

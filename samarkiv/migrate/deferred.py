@@ -24,7 +24,9 @@ C-MOVE (PS3.7 9.1.1.1.9, Move Originator Application Entity Title
 migration job in state ``running`` is deferred; every other store keeps
 the fsync-before-ack rule. Its groups go straight to blob files too, not
 through the write-back journal (no byte written three times, nothing left
-to write back after the migration).
+to write back after the migration). It applies each job's mapping (issuer,
+coercion, owning AE title: mapping.py) and commits what the worker processes
+of handed-over associations parsed and staged (moveproc.py).
 """
 
 from __future__ import annotations
@@ -204,10 +206,6 @@ class MigrationIntake:
         they may be answered before their commit. None for any other store."""
         return self.running_jobs().get(str(move_originator or "").strip())
 
-    def accepts(self, move_originator: object) -> bool:
-        """Whether a C-STORE with this Move Originator AE Title may be answered before its commit."""
-        return self.job_for(move_originator) is not None
-
     def submit(self, data: bytes | None, source_aet: str | None, uid: str | None, sop_class: str | None, job: MoveJob, *,
                parsed: ParsedInstance | None = None, staged: StagedFile | None = None) -> None:  # fmt: skip
         """Queue one received object of ``job`` for the grouped commit (the caller answers Success
@@ -228,13 +226,15 @@ class MigrationIntake:
             by_owner.setdefault((item.job, item.job.source_aet or item.source_aet), []).append(item)
         for (job, source_aet), group in by_owner.items():
             kept = [job.mapping.apply(item.data) if item.data is not None else None for item in group]
-            results = self.archive.store_batch([(k, item.uid, item.sop_class) for k, item in zip(kept, group, strict=True)],
-                                               source_aet=source_aet, journal=False, parsed=[item.parsed for item in group],
-                                               staged=[item.staged for item in group])  # fmt: skip
+            same = [k is item.data for k, item in zip(kept, group, strict=True)]  # what a worker made of it still holds
+            results = self.archive.store_batch(
+                [(k, item.uid, item.sop_class) for k, item in zip(kept, group, strict=True)], source_aet=source_aet, journal=False,
+                parsed=[item.parsed if s else None for item, s in zip(group, same, strict=True)],
+                staged=[item.staged if s else None for item, s in zip(group, same, strict=True)],
+            )  # fmt: skip
             coerced = [(result.sop_instance_uid, dataset_sha256(item.data), len(item.data))
-                       for item, k, result in zip(group, kept, results, strict=True)
-                       if item.data is not None and k is not item.data and result.outcome is StoreOutcome.STORED
-                       and result.sop_instance_uid]  # fmt: skip
+                       for item, s, result in zip(group, same, results, strict=True)
+                       if not s and result.outcome is StoreOutcome.STORED and result.sop_instance_uid]  # fmt: skip
             if coerced:
                 JobStore(self.archive.engine, self.archive.catalog.writer, self.archive.catalog.writers).record_source_digests(job.pk, coerced)
 
