@@ -78,8 +78,6 @@ IDENTIFIER_MISMATCH, UNABLE_TO_PROCESS, OUT_OF_RESOURCES = 0xA900, 0xC000, 0xA70
 NOT_AUTHORISED = 0xC000  # Failed: Unable to process, with Error Comment "not authorised" (docs/conformance.md)
 
 
-MOVE_ORIGINATOR = 0x1030  # Move Originator Application Entity Title (PS3.7 9.1.1.1.9)
-
 
 def _migration_intake(archive: Archive):  # type: ignore[no-untyped-def]
     from ..migrate.deferred import intake_for  # imported late: migrate imports dimse.pdu
@@ -349,7 +347,7 @@ class FastAssociation:
         try:
             data = bytes(spool.buffer) if spool.path is None else None
             status, comment, result = self._store_received(data, spool.path, sop_instance or None, sop_class or None,
-                                                           command.get(MOVE_ORIGINATOR))  # fmt: skip
+                                                           command.get(pdu.MOVE_ORIGINATOR))  # fmt: skip
         finally:
             spool.discard()  # moved into the archive, or rejected
         response = pdu.encode_response(pdu.C_STORE_RSP, int(command.get(pdu.MESSAGE_ID, 0)), status, sop_class, sop_instance, comment)
