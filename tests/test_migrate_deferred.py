@@ -24,11 +24,26 @@ MIGRATOR = "SAMARKIV-MIG"
 INLINE_MAX = 128 << 10  # larger objects are stored from a file
 
 
+def _run_command(server, name: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return [sys.executable, "-m", "samarkiv", "migrate", "run", name, "--no-progress",
+            "--data", str(server.data), "--index-url", server.index_url]  # fmt: skip
+
+
+def _move_job(make_archive, legacy_factory, name: str):  # type: ignore[no-untyped-def]
+    """A running archive, a dcmqrscp that knows it as a C-MOVE destination, and a C-MOVE job ``name``."""
+    server = make_archive()
+    legacy = legacy_factory({server.aet: ("127.0.0.1", server.dicom_port)})
+    server.cli(
+        "migrate", "add", name, "--source", "dimse", "--host", "127.0.0.1", "--port", str(legacy.port),
+        "--called-aet", LEGACY_AET, "--calling-aet", MIGRATOR, "--mode", "move", "--move-aet", server.aet,
+        "--associations", "2", "--max-rate", "80",
+    )  # fmt: skip
+    return server, legacy
+
+
 def _run_killed(server, name: str, also_kill=None) -> int:  # type: ignore[no-untyped-def]
     """Start ``migrate run``; SIGKILL it (and ``also_kill``) once 3 studies are done; the studies done then."""
-    cmd = [sys.executable, "-m", "samarkiv", "migrate", "run", name, "--no-progress",
-           "--data", str(server.data), "--index-url", server.index_url]  # fmt: skip
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(_run_command(server, name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     done = 0
     while time.monotonic() < deadline and process.poll() is None:
@@ -66,13 +81,7 @@ def test_cget_killed_mid_pull_resumes_to_the_exact_source(make_archive, start_le
 
 
 def test_cmove_killed_with_serve_mid_pull_resumes_to_the_exact_source(make_archive, start_legacy) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
-    server = make_archive()
-    legacy = start_legacy({server.aet: ("127.0.0.1", server.dicom_port)})
-    server.cli(
-        "migrate", "add", "move-kill", "--source", "dimse", "--host", "127.0.0.1", "--port", str(legacy.port),
-        "--called-aet", LEGACY_AET, "--calling-aet", MIGRATOR, "--mode", "move", "--move-aet", server.aet,
-        "--associations", "2", "--max-rate", "80",
-    )  # fmt: skip
+    server, legacy = _move_job(make_archive, start_legacy, "move-kill")
     done = _run_killed(server, "move-kill", also_kill=server)
     assert 3 <= done < 18, "the run should be killed part-way"
     # serve took the migration's sub-operations through the deferred path
@@ -84,16 +93,8 @@ def test_cmove_killed_with_serve_mid_pull_resumes_to_the_exact_source(make_archi
 def test_a_killed_move_worker_costs_a_retry_and_nothing_else(make_archive, start_legacy) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     """serve's worker process for a migration association (migrate/moveproc.py) is SIGKILLed
     mid-run: the association drops, serve goes on, and the job's retries complete it exactly."""
-    server = make_archive()
-    legacy = start_legacy({server.aet: ("127.0.0.1", server.dicom_port)})
-    server.cli(
-        "migrate", "add", "move-worker", "--source", "dimse", "--host", "127.0.0.1", "--port", str(legacy.port),
-        "--called-aet", LEGACY_AET, "--calling-aet", MIGRATOR, "--mode", "move", "--move-aet", server.aet,
-        "--associations", "2", "--max-rate", "80",
-    )  # fmt: skip
-    cmd = [sys.executable, "-m", "samarkiv", "migrate", "run", "move-worker", "--no-progress",
-           "--data", str(server.data), "--index-url", server.index_url]  # fmt: skip
-    run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server, legacy = _move_job(make_archive, start_legacy, "move-worker")
+    run = subprocess.Popen(_run_command(server, "move-worker"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     killed = None
     deadline = time.monotonic() + 60
     while killed is None and time.monotonic() < deadline and run.poll() is None:
